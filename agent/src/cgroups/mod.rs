@@ -1,0 +1,295 @@
+//! cgroup layout and driver detection.
+//!
+//! berth supports the three layouts found on nodes: legacy v1 (one mount per
+//! controller), hybrid (v1 controllers plus an empty cgroup2 mount, as on
+//! this project's development machines) and unified v2 (production nodes).
+//! The layout is read from `/proc/self/mountinfo`, so tests can feed recorded
+//! files from each kind of machine.
+
+use crate::config::CgroupDriverSetting;
+use std::path::{Path, PathBuf};
+
+/// How the cgroup hierarchy is mounted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupLayout {
+    /// cgroup v2 only: `/sys/fs/cgroup` is a cgroup2 mount.
+    Unified { mount: PathBuf },
+    /// cgroup v1 controllers, with or without a cgroup2 mount beside them.
+    Legacy {
+        /// Each v1 hierarchy: its mount point and the controllers on it.
+        hierarchies: Vec<(PathBuf, Vec<String>)>,
+        /// The cgroup2 mount of a hybrid layout, if any.
+        unified: Option<PathBuf>,
+    },
+}
+
+/// The driver that places containers' cgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+/// Why the layout could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no cgroup filesystem is mounted")]
+    NotMounted,
+    #[error(
+        "cgroup driver systemd was configured, but systemd is not running (no /run/systemd/system)"
+    )]
+    NoSystemd,
+}
+
+impl CgroupLayout {
+    /// Reads the layout of this process's mount namespace.
+    pub fn detect() -> Result<Self, CgroupError> {
+        let path = Path::new("/proc/self/mountinfo");
+        let text = std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_mountinfo(&text)
+    }
+
+    /// Parses the text of a mountinfo file.
+    pub fn from_mountinfo(text: &str) -> Result<Self, CgroupError> {
+        let mut hierarchies = Vec::new();
+        let mut unified = None;
+        for line in text.lines() {
+            let Some(mount) = MountinfoLine::parse(line) else {
+                continue;
+            };
+            match mount.fstype {
+                // The unified mount at the cgroup root wins over any other.
+                "cgroup2"
+                    if unified.is_none() || mount.mount_point == Path::new("/sys/fs/cgroup") =>
+                {
+                    unified = Some(mount.mount_point.clone());
+                }
+                "cgroup" => {
+                    let controllers = mount
+                        .super_options
+                        .split(',')
+                        .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains('='))
+                        .map(str::to_owned)
+                        .collect();
+                    hierarchies.push((mount.mount_point, controllers));
+                }
+                _ => {}
+            }
+        }
+        match (hierarchies.is_empty(), unified) {
+            (true, Some(mount)) => Ok(Self::Unified { mount }),
+            (true, None) => Err(CgroupError::NotMounted),
+            (false, unified) => Ok(Self::Legacy {
+                hierarchies,
+                unified,
+            }),
+        }
+    }
+
+    /// True when containers' resources live in cgroup v2.
+    pub fn is_unified(&self) -> bool {
+        matches!(self, Self::Unified { .. })
+    }
+}
+
+/// Chooses the driver: an explicit setting wins; `auto` picks systemd only
+/// when systemd is the init system, as kubelet's own detection expects.
+pub fn choose_driver(
+    setting: CgroupDriverSetting,
+    systemd_running: bool,
+) -> Result<CgroupDriver, CgroupError> {
+    match (setting, systemd_running) {
+        (CgroupDriverSetting::Cgroupfs, _) => Ok(CgroupDriver::Cgroupfs),
+        (CgroupDriverSetting::Systemd, true) => Ok(CgroupDriver::Systemd),
+        (CgroupDriverSetting::Systemd, false) => Err(CgroupError::NoSystemd),
+        (CgroupDriverSetting::Auto, true) => Ok(CgroupDriver::Systemd),
+        (CgroupDriverSetting::Auto, false) => Ok(CgroupDriver::Cgroupfs),
+    }
+}
+
+/// systemd's own test for "booted with systemd" (sd_booted(3)).
+pub fn systemd_running() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+/// The fields of one mountinfo line that berth needs (proc(5)).
+struct MountinfoLine<'a> {
+    mount_point: PathBuf,
+    fstype: &'a str,
+    super_options: &'a str,
+}
+
+impl<'a> MountinfoLine<'a> {
+    fn parse(line: &'a str) -> Option<Self> {
+        let (before, after) = line.split_once(" - ")?;
+        let mount_point = before.split(' ').nth(4)?;
+        let mut after = after.split(' ');
+        let fstype = after.next()?;
+        let _source = after.next()?;
+        let super_options = after.next().unwrap_or("");
+        Some(Self {
+            mount_point: PathBuf::from(unescape_octal(mount_point)),
+            fstype,
+            super_options,
+        })
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let digits = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("");
+            if let Ok(value) = u8::from_str_radix(digits, 8) {
+                out.push(value);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Recorded on this project's development machine (hybrid v1).
+    const HYBRID: &str = "\
+24 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+30 24 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+32 30 0:28 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+33 30 0:29 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+34 30 0:30 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+35 30 0:31 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    // A production node: systemd with the unified hierarchy.
+    const UNIFIED: &str = "\
+22 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw
+35 25 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+
+    // An old node: v1 with co-mounted controllers and no cgroup2.
+    const LEGACY: &str = "\
+25 18 0:22 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:8 - tmpfs tmpfs ro,mode=755
+27 25 0:24 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:10 - cgroup cgroup rw,cpu,cpuacct
+28 25 0:25 / /sys/fs/cgroup/memory rw,nosuid shared:11 - cgroup cgroup rw,memory
+";
+
+    #[test]
+    fn hybrid_layout() {
+        let layout = CgroupLayout::from_mountinfo(HYBRID).expect("layout");
+        let CgroupLayout::Legacy {
+            hierarchies,
+            unified,
+        } = &layout
+        else {
+            panic!("expected legacy, got {layout:?}");
+        };
+        assert_eq!(
+            unified.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(hierarchies.len(), 4);
+        assert_eq!(
+            hierarchies[0],
+            (PathBuf::from("/sys/fs/cgroup/cpu"), vec!["cpu".to_owned()])
+        );
+        assert_eq!(
+            hierarchies[3].1,
+            Vec::<String>::new(),
+            "name=systemd is no controller"
+        );
+        assert!(!layout.is_unified());
+    }
+
+    #[test]
+    fn unified_layout() {
+        let layout = CgroupLayout::from_mountinfo(UNIFIED).expect("layout");
+        assert_eq!(
+            layout,
+            CgroupLayout::Unified {
+                mount: PathBuf::from("/sys/fs/cgroup")
+            }
+        );
+    }
+
+    #[test]
+    fn legacy_layout_with_comounted_controllers() {
+        let layout = CgroupLayout::from_mountinfo(LEGACY).expect("layout");
+        let CgroupLayout::Legacy {
+            hierarchies,
+            unified,
+        } = layout
+        else {
+            panic!("expected legacy");
+        };
+        assert_eq!(unified, None);
+        assert_eq!(
+            hierarchies[0].1,
+            vec!["cpu".to_owned(), "cpuacct".to_owned()]
+        );
+    }
+
+    #[test]
+    fn no_cgroups_is_an_error() {
+        assert!(matches!(
+            CgroupLayout::from_mountinfo("24 1 254:0 / / rw - ext4 /dev/vda rw\n"),
+            Err(CgroupError::NotMounted)
+        ));
+    }
+
+    #[test]
+    fn escaped_mount_points() {
+        let line = "40 30 0:40 / /sys/fs/cgroup/with\\040space rw - cgroup cgroup rw,pids\n";
+        let CgroupLayout::Legacy { hierarchies, .. } =
+            CgroupLayout::from_mountinfo(line).expect("layout")
+        else {
+            panic!("expected legacy");
+        };
+        assert_eq!(hierarchies[0].0, PathBuf::from("/sys/fs/cgroup/with space"));
+    }
+
+    #[test]
+    fn driver_choice() {
+        use CgroupDriverSetting::*;
+        assert_eq!(
+            choose_driver(Auto, false).expect("auto"),
+            CgroupDriver::Cgroupfs
+        );
+        assert_eq!(
+            choose_driver(Auto, true).expect("auto"),
+            CgroupDriver::Systemd
+        );
+        assert_eq!(
+            choose_driver(Cgroupfs, true).expect("cgroupfs"),
+            CgroupDriver::Cgroupfs
+        );
+        assert!(matches!(
+            choose_driver(Systemd, false),
+            Err(CgroupError::NoSystemd)
+        ));
+    }
+
+    #[test]
+    fn this_machine_has_a_layout() {
+        CgroupLayout::detect().expect("every Linux test machine mounts cgroups");
+    }
+}

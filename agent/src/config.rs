@@ -1,0 +1,428 @@
+//! berthd's configuration: one TOML file, every key optional.
+//!
+//! The file is read once at start-up. Unknown keys and bad values stop
+//! start-up with a message that names the key; `docs/config.md` documents
+//! every key with its default, and `berthd config default` prints them all.
+//! Command-line flags override the file (see `main.rs`).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Where berthd looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
+
+/// The default configuration file with comments, as `berthd config default`
+/// prints it. A test keeps it equal to [`Config::default`].
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config.default.toml");
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The whole configuration, as the file and the flags leave it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Persistent data: the metadata store, images, snapshots.
+    pub root: PathBuf,
+    /// Volatile state that a reboot may clear: the socket, runtime state.
+    pub state: PathBuf,
+    pub grpc: GrpcConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub cni: CniConfig,
+    pub registry: RegistryConfig,
+    pub cgroup: CgroupConfig,
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// The CRI socket. Empty means `<state>/berth.sock`.
+    pub socket: PathBuf,
+    /// Largest message accepted or sent, in bytes.
+    pub max_message_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Address of the Prometheus endpoint; port 0 picks a free port, which
+    /// berthd then writes to `<state>/metrics-address`.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    /// Network configurations (`*.conflist`, `*.conf`, `*.json`).
+    pub conf_dir: PathBuf,
+    /// Plugin binaries, searched in order.
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// A directory of `<registry-host>/hosts.toml` files, containerd's format.
+    pub config_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriverSetting {
+    /// systemd when systemd is the init system, cgroupfs otherwise.
+    Auto,
+    Cgroupfs,
+    Systemd,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CgroupConfig {
+    pub driver: CgroupDriverSetting,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// The handler used when a pod names no RuntimeClass handler.
+    pub default_handler: String,
+    /// RuntimeClass handlers by name.
+    pub handlers: BTreeMap<String, HandlerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// The OCI runtime binary (name on PATH or absolute path).
+    pub runtime_path: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("/var/lib/berth"),
+            state: PathBuf::from("/run/berth"),
+            grpc: GrpcConfig::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            cni: CniConfig::default(),
+            registry: RegistryConfig::default(),
+            cgroup: CgroupConfig::default(),
+            runtime: RuntimeConfig::default(),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::new(),
+            max_message_size: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: "127.0.0.1:9325".to_owned(),
+        }
+    }
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        Self {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")],
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            config_path: PathBuf::from("/etc/berth/certs.d"),
+        }
+    }
+}
+
+impl Default for CgroupConfig {
+    fn default() -> Self {
+        Self {
+            driver: CgroupDriverSetting::Auto,
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        let handler = |binary: &str| HandlerConfig {
+            runtime_path: PathBuf::from(binary),
+        };
+        Self {
+            default_handler: "runc".to_owned(),
+            handlers: BTreeMap::from([
+                ("runc".to_owned(), handler("runc")),
+                ("crun".to_owned(), handler("crun")),
+            ]),
+        }
+    }
+}
+
+/// Log levels `log.level` and `--log-level` accept.
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+impl Config {
+    /// Reads `path`. A missing file is an error only when `required`, so
+    /// the default path may be absent while an explicit `--config` may not.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses TOML text; `path` only names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: one_line(&e.to_string()),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !LOG_LEVELS.contains(&self.log.level.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: "log.level",
+                message: format!(
+                    "`{}` is not one of {}",
+                    self.log.level,
+                    LOG_LEVELS.join(", ")
+                ),
+            });
+        }
+        for (key, path) in [("root", &self.root), ("state", &self.state)] {
+            if !path.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("`{}` must be an absolute path", path.display()),
+                });
+            }
+        }
+        if self.grpc.max_message_size < 4 * 1024 * 1024 {
+            return Err(ConfigError::Invalid {
+                key: "grpc.max_message_size",
+                message: "must be at least 4194304 (4 MiB, gRPC's default)".to_owned(),
+            });
+        }
+        if self.metrics.enabled {
+            self.metrics
+                .address
+                .parse::<SocketAddr>()
+                .map_err(|e| ConfigError::Invalid {
+                    key: "metrics.address",
+                    message: format!("`{}`: {e}", self.metrics.address),
+                })?;
+        }
+        if self.cni.bin_dirs.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "cni.bin_dirs",
+                message: "needs at least one directory".to_owned(),
+            });
+        }
+        if !self
+            .runtime
+            .handlers
+            .contains_key(&self.runtime.default_handler)
+        {
+            return Err(ConfigError::Invalid {
+                key: "runtime.default_handler",
+                message: format!(
+                    "`{}` is not a configured handler in [runtime.handlers]",
+                    self.runtime.default_handler
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The CRI socket path, defaulting to `<state>/berth.sock`.
+    pub fn socket_path(&self) -> PathBuf {
+        if self.grpc.socket.as_os_str().is_empty() {
+            self.state.join("berth.sock")
+        } else {
+            self.grpc.socket.clone()
+        }
+    }
+
+    /// The metrics address; valid after [`Config::validate`].
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        if !self.metrics.enabled {
+            return None;
+        }
+        self.metrics.address.parse().ok()
+    }
+
+    /// The configuration as a TOML document.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config is plain data and always serialises")
+    }
+}
+
+/// toml's errors span several lines with a source excerpt; start-up errors
+/// should be one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^'))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(parse("").expect("empty config parses"), Config::default());
+    }
+
+    #[test]
+    fn commented_default_file_is_the_default() {
+        assert_eq!(
+            parse(DEFAULT_CONFIG_TOML).expect("default file parses"),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn default_file_round_trips() {
+        let text = Config::default().to_toml();
+        assert_eq!(parse(&text).expect("default parses"), Config::default());
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let config = parse(
+            "root = \"/tmp/r\"\n[log]\nlevel = \"debug\"\nformat = \"json\"\n[cni]\nbin_dirs = [\"/x\"]\n",
+        )
+        .expect("valid config");
+        assert_eq!(config.root, PathBuf::from("/tmp/r"));
+        assert_eq!(config.log.level, "debug");
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.cni.bin_dirs, vec![PathBuf::from("/x")]);
+        assert_eq!(config.state, PathBuf::from("/run/berth"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[log]\nlevle = \"debug\"\n").expect_err("unknown key");
+        let text = err.to_string();
+        assert!(text.contains("levle"), "{text}");
+        assert!(!text.contains('\n'), "one line: {text}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_named() {
+        let err = parse("sockett = \"/x\"\n").expect_err("unknown key");
+        assert!(err.to_string().contains("sockett"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("[log]\nlevel = \"loud\"\n", "log.level"),
+            ("[log]\nformat = \"xml\"\n", "xml"),
+            ("root = \"relative\"\n", "root"),
+            ("[metrics]\naddress = \"nowhere\"\n", "metrics.address"),
+            ("[grpc]\nmax_message_size = 10\n", "grpc.max_message_size"),
+            (
+                "[runtime]\ndefault_handler = \"kata\"\n",
+                "runtime.default_handler",
+            ),
+            ("[cgroup]\ndriver = 7\n", "driver"),
+        ] {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.contains(key), "{text:?} gave {err:?}, expected {key}");
+        }
+    }
+
+    #[test]
+    fn socket_defaults_into_state_dir() {
+        let mut config = Config {
+            state: PathBuf::from("/tmp/s"),
+            ..Config::default()
+        };
+        assert_eq!(config.socket_path(), PathBuf::from("/tmp/s/berth.sock"));
+        config.grpc.socket = PathBuf::from("/x.sock");
+        assert_eq!(config.socket_path(), PathBuf::from("/x.sock"));
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_but_missing_explicit_file_is_not() {
+        let missing = Path::new("/nonexistent/berth.toml");
+        assert_eq!(
+            Config::load(missing, false).expect("optional"),
+            Config::default()
+        );
+        assert!(matches!(
+            Config::load(missing, true),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

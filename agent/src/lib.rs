@@ -1,0 +1,21 @@
+//! berthd, the berth CRI node agent, as a library so tests can run it
+//! in-process.
+//!
+//! Layout: [`config`] reads the TOML file; [`daemon::run`] opens the
+//! [`store`], binds the CRI [`socket`] and the [`metrics`] endpoint and
+//! serves the CRI services of [`server`] until shutdown. [`cgroups`] detects
+//! the cgroup layout and driver, [`network`] the CNI configuration. Errors
+//! are [`Error`], mapped to gRPC codes in one place (`error.rs`).
+#![forbid(unsafe_code)]
+
+pub mod cgroups;
+pub mod config;
+pub mod daemon;
+mod error;
+pub mod metrics;
+pub mod network;
+pub mod server;
+pub mod socket;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,188 @@
+//! The metadata store: one redb database at `<root>/metadata.redb`.
+//!
+//! On-disk format: redb's own file format; the table `meta` holds
+//! `schema_version` (u32). A store with no version is new and gets
+//! [`SCHEMA_VERSION`]; a store with a higher version was written by a newer
+//! berth and is refused, because this berth cannot know what the newer one
+//! changed. A file redb cannot open is reported as corrupt and left as it
+//! is: the operator decides, berth never overwrites it.
+
+use redb::{Database, TableDefinition};
+use std::path::{Path, PathBuf};
+
+/// The schema this berth writes and understands.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
+const SCHEMA_VERSION_KEY: &str = "schema_version";
+
+/// Why the store could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create store directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("metadata store {path} is in use by another process")]
+    InUse { path: PathBuf },
+    #[error(
+        "metadata store {path} is corrupt or not a berth store ({reason}); it was left untouched"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("metadata store {path} has schema version {found}, newer than the {supported} this berth supports; upgrade berth")]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("metadata store {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+}
+
+/// An open metadata store.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens the store under `root`, creating it when absent.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(root).map_err(|source| StoreError::CreateDir {
+            path: root.to_owned(),
+            source,
+        })?;
+        let path = root.join("metadata.redb");
+        let db = if path.exists() {
+            // `Database::open` never initialises a file, so a damaged one
+            // stays exactly as it was.
+            Database::open(&path).map_err(|e| open_error(&path, e))?
+        } else {
+            Database::create(&path).map_err(|e| open_error(&path, e))?
+        };
+        let store = Self { db, path };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    /// The schema version recorded in the store.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = match txn.open_table(META) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(self.io(e)),
+        };
+        let version = table.get(SCHEMA_VERSION_KEY).map_err(|e| self.io(e))?;
+        Ok(version.map(|v| v.value()).unwrap_or(0))
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        match self.schema_version()? {
+            0 => {
+                let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+                {
+                    let mut table = txn.open_table(META).map_err(|e| self.io(e))?;
+                    table
+                        .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)
+                        .map_err(|e| self.io(e))?;
+                }
+                txn.commit().map_err(|e| self.io(e))?;
+                Ok(())
+            }
+            SCHEMA_VERSION => Ok(()),
+            found if found > SCHEMA_VERSION => Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            }),
+            found => Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                reason: format!("unknown old schema version {found}"),
+            }),
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+            path: path.to_owned(),
+        },
+        other => StoreError::Corrupt {
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_store_gets_current_schema_and_reopens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path()).expect("create");
+            assert_eq!(store.schema_version().expect("version"), SCHEMA_VERSION);
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.schema_version().expect("version"), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn corrupt_file_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("metadata.redb");
+        let garbage: Vec<u8> = (0..20_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        std::fs::write(&path, &garbage).expect("write garbage");
+        let err = Store::open(dir.path()).expect_err("corrupt store");
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert_eq!(std::fs::read(&path).expect("read back"), garbage);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("metadata.redb");
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META)
+                .expect("table")
+                .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION + 1)
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        let before = std::fs::read(&path).expect("read");
+        let err = Store::open(dir.path()).expect_err("too new");
+        assert!(
+            matches!(err, StoreError::TooNew { found, .. } if found == SCHEMA_VERSION + 1),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).expect("read"), before);
+    }
+
+    #[test]
+    fn second_open_is_in_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = Store::open(dir.path()).expect("first");
+        let err = Store::open(dir.path()).expect_err("second");
+        assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+    }
+}

@@ -1,0 +1,485 @@
+//! The end-to-end harness: a real `berthd`, a real registry, real clients.
+//!
+//! Layout: [`Berthd`] starts a fresh daemon on a temporary root, state dir
+//! and socket and stops it by PID; [`Registry`] runs Debian's
+//! `docker-registry` on loopback through `hack/registry.sh` with the test
+//! images of `../shared/testimages` and writes the hosts.toml mirrors;
+//! [`Suite`] runs named tests in order and prints the closing
+//! `N passed, N failed` line; [`leaks`] finds what a daemon left behind.
+//!
+//! Everything a test starts is stopped by the PID it was given, and every
+//! daemon is checked for leaks after it stops.
+
+pub mod leaks;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A test's failure, as a message.
+pub type TestResult = Result<(), String>;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ sits inside the repository")
+        .to_owned()
+}
+
+/// The `berthd` binary under test: `$BERTHD`, else the workspace's debug
+/// build (the test script builds it first).
+pub fn berthd_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("BERTHD") {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("debug/berthd")
+}
+
+/// A tool installed by `hack/install.sh` (crictl, critest), found on PATH
+/// or in /usr/local/bin.
+pub fn tool(name: &str) -> Result<PathBuf, String> {
+    let path_dirs = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path_dirs)
+        .chain(std::iter::once(PathBuf::from("/usr/local/bin")))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!("{name} not found on PATH or in /usr/local/bin: run hack/install.sh")
+        })
+}
+
+/// Polls `ready` every 50 ms until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Options for a [`Berthd`].
+#[derive(Debug, Default, Clone)]
+pub struct BerthdOptions {
+    /// The hosts.toml directory (`registry.config_path`).
+    pub registry_config_path: Option<PathBuf>,
+    /// CNI config dir; `None` writes the default bridge network into a
+    /// private directory.
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Extra TOML appended to the generated config file.
+    pub extra_config: String,
+}
+
+/// A running berthd on a private root, state dir and socket.
+#[derive(Debug)]
+pub struct Berthd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    netns_before: Vec<String>,
+}
+
+impl Berthd {
+    /// Starts berthd and waits until its socket answers.
+    pub fn start(options: BerthdOptions) -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-")
+            .tempdir()
+            .map_err(|e| format!("tempdir: {e}"))?;
+        let cni_conf_dir = match options.cni_conf_dir {
+            Some(dir) => dir,
+            None => {
+                let conf = dir.path().join("net.d");
+                std::fs::create_dir_all(&conf).map_err(|e| e.to_string())?;
+                std::fs::write(conf.join("10-berth-bridge.conflist"), DEFAULT_CNI_CONFLIST)
+                    .map_err(|e| e.to_string())?;
+                conf
+            }
+        };
+        let registry = options
+            .registry_config_path
+            .unwrap_or_else(|| dir.path().join("certs.d"));
+        let config = format!(
+            "root = \"{root}\"\nstate = \"{state}\"\n\n[grpc]\nsocket = \"{socket}\"\n\n\
+             [log]\nlevel = \"debug\"\n\n[metrics]\naddress = \"127.0.0.1:0\"\n\n\
+             [cni]\nconf_dir = \"{cni}\"\n\n[registry]\nconfig_path = \"{registry}\"\n{extra}",
+            root = dir.path().join("root").display(),
+            state = dir.path().join("state").display(),
+            socket = dir.path().join("berth.sock").display(),
+            cni = cni_conf_dir.display(),
+            registry = registry.display(),
+            extra = options.extra_config,
+        );
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
+        let mut berthd = Self {
+            child: None,
+            dir,
+            netns_before: leaks::network_namespaces(),
+        };
+        berthd.restart()?;
+        Ok(berthd)
+    }
+
+    /// Starts the daemon (again) on the same directories, as after a crash
+    /// or a reboot of the agent, and waits until it answers.
+    pub fn restart(&mut self) -> TestResult {
+        if self.child.is_some() {
+            return Err("berthd is still running".to_owned());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("berthd.log"))
+            .map_err(|e| e.to_string())?;
+        let child = Command::new(berthd_binary())
+            .arg("--config")
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", berthd_binary().display()))?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    /// The config file the harness wrote.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    fn wait_ready(&mut self) -> TestResult {
+        let socket = self.socket();
+        let metrics_file = self.state_dir().join("metrics-address");
+        let mut exited = None;
+        let ready = wait_until(Duration::from_secs(30), || {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    exited = Some(status);
+                    return true;
+                }
+            }
+            UnixStream::connect(&socket).is_ok() && metrics_file.exists()
+        });
+        if let Some(status) = exited {
+            self.child = None;
+            return Err(format!(
+                "berthd exited at start-up ({status}):\n{}",
+                self.log()
+            ));
+        }
+        if !ready {
+            return Err(format!(
+                "berthd did not answer within 30 s:\n{}",
+                self.log()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The PID of the daemon.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The temporary directory that holds everything of this daemon.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("berth.sock")
+    }
+
+    pub fn root_dir(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The CRI endpoint as crictl and critest take it.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
+    }
+
+    /// Runs crictl against this daemon.
+    pub fn crictl(&self, args: &[&str]) -> Result<Output, String> {
+        let endpoint = self.endpoint();
+        Command::new(tool("crictl")?)
+            .args([
+                "--runtime-endpoint",
+                &endpoint,
+                "--image-endpoint",
+                &endpoint,
+            ])
+            .args(["--timeout", "60s"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run crictl: {e}"))
+    }
+
+    /// Runs crictl and returns its stdout, failing on a non-zero exit.
+    pub fn crictl_ok(&self, args: &[&str]) -> Result<String, String> {
+        let output = self.crictl(args)?;
+        if !output.status.success() {
+            return Err(format!(
+                "crictl {args:?} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// The text of the daemon's `/metrics` endpoint.
+    pub fn metrics(&self) -> Result<String, String> {
+        let address = std::fs::read_to_string(self.state_dir().join("metrics-address"))
+            .map_err(|e| format!("metrics-address: {e}"))?;
+        http_get(address.trim(), "/metrics")
+    }
+
+    /// Sends SIGTERM, waits for a clean exit, then checks for leaks.
+    pub fn stop(mut self) -> TestResult {
+        let status = self.terminate()?;
+        if !status.success() {
+            return Err(format!(
+                "berthd exited with {status} on SIGTERM:\n{}",
+                self.log()
+            ));
+        }
+        if self.socket().exists() {
+            return Err("berthd left its socket behind after SIGTERM".to_owned());
+        }
+        let found = leaks::find(self.dir.path(), &self.netns_before);
+        if !found.is_empty() {
+            return Err(format!("berthd leaked:\n  {}", found.join("\n  ")));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to the daemon's PID, SIGKILL if it has not exited in 30 s.
+    fn terminate(&mut self) -> Result<ExitStatus, String> {
+        let Some(mut child) = self.child.take() else {
+            return Err("berthd is not running".to_owned());
+        };
+        signal(&child, nix::sys::signal::Signal::SIGTERM);
+        let mut status = None;
+        wait_until(Duration::from_secs(30), || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        match status {
+            Some(status) => Ok(status),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!("berthd ignored SIGTERM for 30 s:\n{}", self.log()))
+            }
+        }
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, and reaps it.
+    pub fn kill9(&mut self) -> TestResult {
+        let mut child = self.child.take().ok_or("berthd is not running")?;
+        child.kill().map_err(|e| e.to_string())?;
+        child.wait().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+impl Drop for Berthd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // A test that failed before stop(): end the daemon it started.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, signal);
+}
+
+/// A bare HTTP/1.0 GET on loopback, returning the body of a 200 answer.
+pub fn http_get(address: &str, path: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect(address).map_err(|e| format!("connect {address}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("malformed HTTP answer from {address}"))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("GET {path}: {}", head.lines().next().unwrap_or("")));
+    }
+    Ok(body.to_owned())
+}
+
+/// The CNI network the harness gives berthd: the bridge that worked for
+/// containerd on these machines (`../shared/CRITEST-NOTES.md`).
+pub const DEFAULT_CNI_CONFLIST: &str = r#"{
+  "cniVersion": "1.0.0",
+  "name": "berth-bridge",
+  "plugins": [
+    { "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+      "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.88.0.0/16", "gateway": "10.88.0.1" }]],
+                "routes": [{ "dst": "0.0.0.0/0" }] } },
+    { "type": "portmap", "capabilities": { "portMappings": true } }
+  ]
+}
+"#;
+
+/// The loopback registry with the test images, run by `hack/registry.sh`.
+#[derive(Debug)]
+pub struct Registry {
+    dir: PathBuf,
+    port: u16,
+    mirrors: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts the registry on 127.0.0.1:`port`, pushes the test images
+    /// (`only`: a regex of upstream names, as build-and-push.sh's ONLY) and
+    /// writes hosts.toml mirrors for every upstream registry.
+    pub fn start(port: u16, only: Option<&str>) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("berth-e2e-registry-{port}"));
+        let script = repo_root().join("hack/registry.sh");
+        let port_text = port.to_string();
+        let run = |args: &[&str], env: &[(&str, &str)]| -> TestResult {
+            let output = Command::new("bash")
+                .arg(&script)
+                .args(args)
+                .args(["--dir", &dir.to_string_lossy(), "--port", &port_text])
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "hack/registry.sh {args:?} failed: {}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ))
+            }
+        };
+        let mirrors = tempfile::Builder::new()
+            .prefix("berth-e2e-certs.d-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        run(&["start"], &[])?;
+        let registry = Self {
+            dir: dir.clone(),
+            port,
+            mirrors,
+        };
+        let mut env = vec![("LARGE_MIB", "0")];
+        if let Some(only) = only {
+            env.push(("ONLY", only));
+        }
+        run(&["push-images"], &env)?;
+        run(
+            &["mirrors", &registry.mirrors.path().to_string_lossy()],
+            &[],
+        )?;
+        Ok(registry)
+    }
+
+    /// The hosts.toml directory that points every upstream at this registry.
+    pub fn mirrors_dir(&self) -> &Path {
+        self.mirrors.path()
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("hack/registry.sh"))
+            .args(["stop", "--dir", &self.dir.to_string_lossy()])
+            .args(["--port", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .status();
+    }
+}
+
+/// Runs tests in order and reports like a test runner.
+#[derive(Debug, Default)]
+pub struct Suite {
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Suite {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs one test; a panic counts as a failure.
+    pub fn run(&mut self, name: &str, test: impl FnOnce() -> TestResult) {
+        eprintln!("test {name} ...");
+        let started = Instant::now();
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(test)).unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "panic".to_owned());
+                Err(format!("panicked: {message}"))
+            });
+        let seconds = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(()) => {
+                self.passed += 1;
+                println!("test {name} ... ok ({seconds:.1} s)");
+            }
+            Err(message) => {
+                println!("test {name} ... FAILED ({seconds:.1} s)\n{message}\n");
+                self.failed.push(name.to_owned());
+            }
+        }
+    }
+
+    /// Prints the closing line and exits non-zero when a test failed.
+    pub fn finish(self) -> ! {
+        if !self.failed.is_empty() {
+            println!("failures:");
+            for name in &self.failed {
+                println!("    {name}");
+            }
+        }
+        println!("{} passed, {} failed", self.passed, self.failed.len());
+        std::process::exit(if self.failed.is_empty() { 0 } else { 1 })
+    }
+}
