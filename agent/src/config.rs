@@ -232,7 +232,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: one_line(&e.to_string()),
+            message: describe_toml_error(text, &e),
         })?;
         config.validate()?;
         Ok(config)
@@ -319,14 +319,30 @@ impl Config {
 }
 
 /// toml's errors span several lines with a source excerpt; start-up errors
-/// should be one line.
-fn one_line(message: &str) -> String {
-    message
+/// are one line that names the line and the full key (`log.level`).
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().replace('\n', " ");
+    let Some(span) = error.span() else {
+        return message;
+    };
+    let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+    let line_number = text[..span.start].matches('\n').count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let table = text[..line_start]
         .lines()
+        .rev()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^'))
-        .collect::<Vec<_>>()
-        .join(" ")
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|header| header.trim_matches(|c| c == '[' || c == ']').trim());
+    let key = line
+        .split_once('=')
+        .map(|(key, _)| key.trim())
+        .filter(|key| !key.is_empty() && !line.trim_start().starts_with('['));
+    match (table, key) {
+        (Some(table), Some(key)) => format!("line {line_number}: key `{table}.{key}`: {message}"),
+        (None, Some(key)) => format!("line {line_number}: key `{key}`: {message}"),
+        _ => format!("line {line_number}: {message}"),
+    }
 }
 
 #[cfg(test)]
@@ -373,7 +389,8 @@ mod tests {
     fn unknown_key_is_named() {
         let err = parse("[log]\nlevle = \"debug\"\n").expect_err("unknown key");
         let text = err.to_string();
-        assert!(text.contains("levle"), "{text}");
+        assert!(text.contains("key `log.levle`"), "{text}");
+        assert!(text.contains("line 2"), "{text}");
         assert!(!text.contains('\n'), "one line: {text}");
     }
 
@@ -395,7 +412,12 @@ mod tests {
                 "[runtime]\ndefault_handler = \"kata\"\n",
                 "runtime.default_handler",
             ),
-            ("[cgroup]\ndriver = 7\n", "driver"),
+            ("[cgroup]\ndriver = 7\n", "cgroup.driver"),
+            ("[cni]\nbin_dirs = 3\n", "cni.bin_dirs"),
+            (
+                "[runtime.handlers.kata]\nruntime_pth = \"x\"\n",
+                "runtime.handlers.kata.runtime_pth",
+            ),
         ] {
             let err = parse(text).expect_err(text).to_string();
             assert!(err.contains(key), "{text:?} gave {err:?}, expected {key}");

@@ -119,8 +119,10 @@ fn init_logging(config: &Config, level_from_flag: bool) {
         }
         _ => EnvFilter::new(&config.log.level),
     };
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Text => builder.init(),
