@@ -64,7 +64,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, naming the problem: start-up errors are read by people.
-            eprintln!("berthd: {e:#}");
+            eprintln!("berthd: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -141,4 +141,21 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + S
             _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
         }
     })
+}
+
+/// The error and its causes on one line. berth's errors already include
+/// their source in their message, so a cause is added only when the text
+/// so far does not contain it.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text.replace('\n', " ")
 }
