@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# Install what berth needs to build and test on a Debian 12 machine; run as root.
+#
+#   hack/install.sh
+#
+# Idempotent: installs only what is missing and prints one line per tool with
+# its version at the end.
+#   - Debian packages (apt-get update runs only when something is missing)
+#   - Rust: cargo plus the rustfmt and clippy components (needs rustup)
+#   - crictl and critest from cri-tools $CRI_TOOLS_VERSION, built with Go into
+#     $BINDIR; critest is skipped when $STAMP_DIR/critest-<version>.stamp exists
+#     and $BINDIR/critest too, crictl when `crictl --version` reports the version
+#
+# Environment:
+#   BINDIR=DIR        where crictl and critest go (default /usr/local/bin)
+#   STAMP_DIR=DIR     build stamps (default /usr/local/lib/berth)
+#   GO=PATH           go binary (default: go on PATH, else /usr/local/go/bin/go)
+set -euo pipefail
+
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+case "${1:-}" in
+    "") ;;
+    -h | --help) usage 0 ;;
+    *) usage ;;
+esac
+
+CRI_TOOLS_VERSION=v1.37.0
+BINDIR=${BINDIR:-/usr/local/bin}
+STAMP_DIR=${STAMP_DIR:-/usr/local/lib/berth}
+
+# Debian packages.  busybox is not installed: testimages/build-and-push.sh
+# fetches it with `apt-get download busybox` (it conflicts with busybox-static),
+# so the apt lists must know it; dpkg-deb, ldd (libc-bin) are essential.
+APT_PACKAGES=(
+    runc crun containernetworking-plugins docker-registry
+    iproute2 iptables util-linux procps curl python3
+    protobuf-compiler jq ca-certificates build-essential pkg-config
+)
+
+require_root
+export DEBIAN_FRONTEND=noninteractive
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/berth-install.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+apt_updated=
+apt_update_once() {
+    [ -n "$apt_updated" ] && return
+    quietly "apt-get update" apt-get update -q
+    apt_updated=1
+}
+
+busybox_candidate() {
+    local policy
+    policy=$(apt-cache policy busybox 2>/dev/null) || return 1
+    [[ $policy == *"Candidate: "[0-9]* ]]
+}
+
+install_apt_packages() {
+    local missing=() p status
+    for p in "${APT_PACKAGES[@]}"; do
+        status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+        [ "$status" = installed ] || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        apt_update_once
+        quietly "apt-get install ${missing[*]}" \
+            apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+    # build-and-push.sh runs `apt-get download busybox`: needs a candidate.
+    if ! busybox_candidate; then
+        apt_update_once
+        busybox_candidate ||
+            die "apt knows no 'busybox' package (needed by testimages/build-and-push.sh); check /etc/apt/sources.list"
+    fi
+}
+
+install_rust() {
+    if ! command -v cargo >/dev/null && [ -r "$HOME/.cargo/env" ]; then
+        # shellcheck source=/dev/null
+        . "$HOME/.cargo/env"
+    fi
+    command -v cargo >/dev/null ||
+        die "cargo not found: install Rust with rustup (https://rustup.rs) first; Debian's cargo is too old"
+    command -v rustup >/dev/null ||
+        die "rustup not found (cargo is $(command -v cargo)): rustfmt and clippy are installed with rustup"
+    local installed missing=() c
+    installed=$(rustup component list --installed 2>/dev/null) ||
+        die "rustup component list failed (no default toolchain? run: rustup default stable)"
+    for c in rustfmt clippy; do
+        grep -q "^$c-" <<<"$installed" || missing+=("$c")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        quietly "rustup component add ${missing[*]}" rustup component add "${missing[@]}"
+    fi
+}
+
+setup_go() {
+    if [ -z "${GO:-}" ]; then
+        GO=$(command -v go || true)
+        [ -n "$GO" ] || GO=/usr/local/go/bin/go
+    fi
+    [ -x "$GO" ] || die "go not found (looked on PATH and at /usr/local/go/bin/go; set GO=)"
+    # The ordinary module cache ($GOPATH/pkg/mod) and build cache make a rebuild
+    # fast; -mod=mod lets `go test -c` add the test-only dependencies of
+    # cmd/critest to the scratch module's go.sum (else: "missing go.sum entry").
+    export GOFLAGS="-mod=mod -buildvcs=false"
+    # Static binaries with the version stamped in, like cri-tools' release.sh.
+    export CGO_ENABLED=0
+    ldflags="-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRI_TOOLS_VERSION"
+}
+
+# install_bin SRC NAME: put SRC at $BINDIR/NAME by rename, so a running old
+# binary is not overwritten in place.
+install_bin() {
+    mkdir -p "$BINDIR"
+    install -m 0755 "$1" "$BINDIR/.$2.new"
+    mv -f "$BINDIR/.$2.new" "$BINDIR/$2"
+}
+
+crictl_current() {
+    [ -x "$BINDIR/crictl" ] &&
+        [ "$("$BINDIR/crictl" --version 2>/dev/null)" = "crictl version $CRI_TOOLS_VERSION" ]
+}
+
+install_crictl() {
+    crictl_current && return
+    local tmp=$WORK/crictl
+    quietly "building crictl $CRI_TOOLS_VERSION" \
+        env GOBIN="$tmp" "$GO" install -trimpath -ldflags "$ldflags" \
+        "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION"
+    install_bin "$tmp/crictl" crictl
+    crictl_current || die "$BINDIR/crictl does not report $CRI_TOOLS_VERSION after the build"
+}
+
+install_critest() {
+    local stamp=$STAMP_DIR/critest-$CRI_TOOLS_VERSION.stamp
+    [ -f "$stamp" ] && [ -x "$BINDIR/critest" ] && return
+    # cmd/critest holds only a _test.go file (package main), so it can be
+    # neither imported nor `go install`ed: build its test binary from a scratch
+    # module that requires cri-tools.
+    local tmp=$WORK/critest
+    mkdir -p "$tmp"
+    (
+        cd "$tmp"
+        quietly "go mod init" "$GO" mod init critest-build
+        quietly "go get sigs.k8s.io/cri-tools@$CRI_TOOLS_VERSION" \
+            "$GO" get "sigs.k8s.io/cri-tools@$CRI_TOOLS_VERSION"
+        quietly "building critest $CRI_TOOLS_VERSION" \
+            "$GO" test -c -trimpath -ldflags "$ldflags" -o "$tmp/critest" \
+            sigs.k8s.io/cri-tools/cmd/critest
+    )
+    local out
+    out=$("$tmp/critest" --version 2>/dev/null) || true
+    grep -qxF "critest version: $CRI_TOOLS_VERSION" <<<"$out" ||
+        die "the built critest does not report $CRI_TOOLS_VERSION: $out"
+    install_bin "$tmp/critest" critest
+    mkdir -p "$STAMP_DIR"
+    printf 'critest %s built %s with %s\n' "$CRI_TOOLS_VERSION" "$(date -u +%FT%TZ)" \
+        "$("$GO" version)" >"$stamp"
+}
+
+first_line() {
+    "$@" 2>&1 | head -n 1 || true
+}
+
+row() {
+    printf '%-22s %s\n' "$1" "$2"
+}
+
+print_versions() {
+    row runc "$(first_line runc --version)"
+    row crun "$(first_line crun --version)"
+    row cni-plugins "$(dpkg-query -W -f='${Version}' containernetworking-plugins)"
+    row docker-registry "$(first_line docker-registry --version)"
+    row protoc "$(first_line protoc --version)"
+    row jq "$(first_line jq --version)"
+    row python3 "$(first_line python3 --version)"
+    row iptables "$(first_line iptables --version)"
+    row cargo "$(first_line cargo --version)"
+    row rustc "$(first_line rustc --version)"
+    row rustfmt "$(first_line rustfmt --version)"
+    row clippy "$(first_line cargo clippy --version)"
+    row go "$(first_line "$GO" version)"
+    row crictl "$(first_line "$BINDIR/crictl" --version)"
+    row critest "$("$BINDIR/critest" --version 2>/dev/null | grep -m1 '^critest version' || true)"
+    # A crictl earlier on PATH (e.g. an old `go install` into ~/go/bin) would
+    # shadow the one installed here.
+    local found
+    found=$(command -v crictl || true)
+    if [ -n "$found" ] && [ "$found" != "$BINDIR/crictl" ]; then
+        note "warning: 'crictl' on PATH is $found ($(first_line "$found" --version)), not $BINDIR/crictl"
+    fi
+}
+
+install_apt_packages
+install_rust
+setup_go
+install_crictl
+install_critest
+print_versions

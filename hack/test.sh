@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Set up and run every test: the one command CI runs (.ci/run calls it).
+#
+#   hack/test.sh
+#
+# Installs the prerequisites (hack/install.sh), then runs, stopping at the
+# first failure: cargo fmt --check, cargo clippy -D warnings, the unit and
+# integration tests, and the e2e suite (crictl tests, then critest with the
+# ratchet of e2e/critest-baseline). Needs root: tests create namespaces,
+# mounts and a loopback registry.
+set -euo pipefail
+
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+case "${1:-}" in
+    "") ;;
+    -h | --help) usage 0 ;;
+    *) usage ;;
+esac
+require_root
+cd "$REPO"
+
+step() {
+    echo
+    echo "== $* ($(date +%H:%M:%S))"
+}
+
+step "install prerequisites"
+"$REPO/hack/install.sh"
+. "$REPO/hack/env.sh"
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "unit and integration tests"
+cargo test --workspace --locked --exclude berth-e2e
+
+step "e2e: crictl"
+cargo build --locked -p berth-agent
+export BERTHD="$REPO/target/debug/berthd"
+cargo test --locked -p berth-e2e --test crictl
+
+step "e2e: critest conformance (ratchet: e2e/critest-baseline)"
+cargo test --locked -p berth-e2e --test critest
+cat e2e/critest-last.txt | sed -n '2,7p'
