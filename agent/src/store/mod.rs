@@ -6,6 +6,16 @@
 //! berth and is refused, because this berth cannot know what the newer one
 //! changed. A file redb cannot open is reported as corrupt and left as it
 //! is: the operator decides, berth never overwrites it.
+//!
+//! Records live in [`Table`]s: a key (an id) maps to a JSON document that
+//! carries its own record version, so a record type can grow fields without
+//! a schema bump. Each write is one redb transaction: it is either wholly on
+//! disk or not at all, whatever moment berthd is killed.
+
+pub mod name_index;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use redb::{Database, TableDefinition};
 use std::path::{Path, PathBuf};
@@ -38,6 +48,33 @@ pub enum StoreError {
     },
     #[error("metadata store {path}: {reason}")]
     Io { path: PathBuf, reason: String },
+    #[error("metadata store {path}: record {table}/{key} is unreadable: {reason}")]
+    Record {
+        path: PathBuf,
+        table: &'static str,
+        key: String,
+        reason: String,
+    },
+}
+
+/// The tables of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Sandboxes,
+    Containers,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sandboxes => "sandboxes",
+            Self::Containers => "containers",
+        }
+    }
+
+    fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        TableDefinition::new(self.name())
+    }
 }
 
 /// An open metadata store.
@@ -103,6 +140,80 @@ impl Store {
                 reason: format!("unknown old schema version {found}"),
             }),
         }
+    }
+
+    /// Writes `record` under `key`, replacing what was there.
+    pub fn put<T: Serialize>(&self, table: Table, key: &str, record: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).expect("records are plain data");
+        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        {
+            let mut table = txn.open_table(table.definition()).map_err(|e| self.io(e))?;
+            table
+                .insert(key, bytes.as_slice())
+                .map_err(|e| self.io(e))?;
+        }
+        txn.commit().map_err(|e| self.io(e))
+    }
+
+    /// Removes `key`; removing an absent key is not an error.
+    pub fn delete(&self, table: Table, key: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        {
+            let mut table = txn.open_table(table.definition()).map_err(|e| self.io(e))?;
+            table.remove(key).map_err(|e| self.io(e))?;
+        }
+        txn.commit().map_err(|e| self.io(e))
+    }
+
+    /// Reads one record.
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table_handle = match txn.open_table(table.definition()) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.io(e)),
+        };
+        let Some(bytes) = table_handle.get(key).map_err(|e| self.io(e))? else {
+            return Ok(None);
+        };
+        self.decode(table, key, bytes.value()).map(Some)
+    }
+
+    /// Reads every record of a table, in key order.
+    pub fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, StoreError> {
+        use redb::ReadableTable;
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table_handle = match txn.open_table(table.definition()) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.io(e)),
+        };
+        let mut records = Vec::new();
+        for entry in table_handle.iter().map_err(|e| self.io(e))? {
+            let (key, bytes) = entry.map_err(|e| self.io(e))?;
+            let key = key.value().to_owned();
+            let record = self.decode(table, &key, bytes.value())?;
+            records.push((key, record));
+        }
+        Ok(records)
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Record {
+            path: self.path.clone(),
+            table: table.name(),
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })
     }
 
     /// The database file.
@@ -176,6 +287,54 @@ mod tests {
             "{err}"
         );
         assert_eq!(std::fs::read(&path).expect("read"), before);
+    }
+
+    #[test]
+    fn records_round_trip_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            assert_eq!(
+                store.get::<Vec<u32>>(Table::Sandboxes, "a").expect("get"),
+                None
+            );
+            assert!(store
+                .list::<Vec<u32>>(Table::Sandboxes)
+                .expect("list")
+                .is_empty());
+            store.put(Table::Sandboxes, "b", &vec![2u32]).expect("put");
+            store.put(Table::Sandboxes, "a", &vec![1u32]).expect("put");
+            store.put(Table::Containers, "a", &vec![9u32]).expect("put");
+            store
+                .put(Table::Sandboxes, "a", &vec![1u32, 1])
+                .expect("replace");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(
+            store.list::<Vec<u32>>(Table::Sandboxes).expect("list"),
+            vec![("a".to_owned(), vec![1, 1]), ("b".to_owned(), vec![2])]
+        );
+        store.delete(Table::Sandboxes, "a").expect("delete");
+        store.delete(Table::Sandboxes, "a").expect("delete twice");
+        assert_eq!(
+            store.get::<Vec<u32>>(Table::Sandboxes, "a").expect("get"),
+            None
+        );
+        assert_eq!(
+            store.get::<Vec<u32>>(Table::Containers, "a").expect("get"),
+            Some(vec![9])
+        );
+    }
+
+    #[test]
+    fn unreadable_record_names_table_and_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store.put(Table::Containers, "c1", &"text").expect("put");
+        let err = store
+            .get::<u64>(Table::Containers, "c1")
+            .expect_err("wrong type");
+        assert!(err.to_string().contains("containers/c1"), "{err}");
     }
 
     #[test]
