@@ -10,6 +10,7 @@
 
 pub mod cgroups;
 pub mod config;
+pub mod container;
 pub mod daemon;
 mod error;
 pub mod metrics;
