@@ -4,7 +4,9 @@
 //! Layout: [`config`] reads the TOML file; [`daemon::run`] opens the
 //! [`store`], binds the CRI [`socket`] and the [`metrics`] endpoint and
 //! serves the CRI services of [`server`] until shutdown. [`cgroups`] detects
-//! the cgroup layout and driver, [`network`] the CNI configuration. Errors
+//! the cgroup layout and driver, [`network`] pinned namespaces and CNI,
+//! [`sandbox`] the pod's files, [`container`] the CRI to OCI spec
+//! translation. Errors
 //! are [`Error`], mapped to gRPC codes in one place (`error.rs`).
 #![forbid(unsafe_code)]
 
@@ -15,6 +17,7 @@ pub mod daemon;
 mod error;
 pub mod metrics;
 pub mod network;
+pub mod sandbox;
 pub mod server;
 pub mod socket;
 pub mod store;
