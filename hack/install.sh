@@ -29,13 +29,16 @@ CRI_TOOLS_VERSION=v1.37.0
 BINDIR=${BINDIR:-/usr/local/bin}
 STAMP_DIR=${STAMP_DIR:-/usr/local/lib/berth}
 
-# Debian packages.  busybox is not installed: testimages/build-and-push.sh
-# fetches it with `apt-get download busybox` (it conflicts with busybox-static),
+# Debian packages.  busybox-static gives the shim's tests a static
+# /bin/busybox for their bundles.  busybox itself is not installed:
+# testimages/build-and-push.sh fetches it with `apt-get download busybox`
+# (installing it would conflict with busybox-static),
 # so the apt lists must know it; dpkg-deb, ldd (libc-bin) are essential.
 APT_PACKAGES=(
     runc crun containernetworking-plugins docker-registry
     iproute2 iptables util-linux procps curl python3
     protobuf-compiler jq ca-certificates build-essential pkg-config
+    busybox-static
 )
 
 require_root
