@@ -5,8 +5,9 @@
 #
 # Installs the prerequisites (hack/install.sh), then runs, stopping at the
 # first failure: cargo fmt --check, cargo clippy -D warnings, the unit and
-# integration tests, and the e2e suite (crictl tests, then critest with the
-# ratchet of e2e/critest-baseline). Needs root: tests create namespaces,
+# integration tests, the e2e suite (crictl tests, then critest with the
+# ratchet of e2e/critest-baseline), and a short smoke run of the benchmarks
+# (hack/bench/run.sh --short, figures to a temp dir) so they cannot rot. Needs root: tests create namespaces,
 # mounts and a loopback registry.
 set -euo pipefail
 
@@ -42,6 +43,11 @@ step "e2e: crictl"
 cargo build --locked -p berth-agent
 export BERTHD="$REPO/target/debug/berthd"
 cargo test --locked -p berth-e2e --test crictl
+
+step "benchmarks, short smoke run (no figure is asserted)"
+bench_out=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-smoke.XXXXXX")
+BERTHD="$BERTHD" BENCH_OUT="$bench_out/benchmarks" "$REPO/hack/bench/run.sh" --short
+rm -rf "$bench_out"
 
 step "e2e: critest conformance (ratchet: e2e/critest-baseline)"
 cargo test --locked -p berth-e2e --test critest

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Benchmark berth side by side with containerd on this machine; run as root.
+#
+#   hack/bench/run.sh [--short]
+#
+# One run sets up both runtimes on the same loopback registry (port
+# $BENCH_PORT, default 5070), the same images and the same CNI config (bridge
+# benchbr0, 10.77.0.0/16), then runs each benchmark against both, alternating
+# which runtime goes first: cold pull of bench/large:1, the pod lifecycle
+# (serial and parallel), density (N sleeping pods) and `critest -benchmark`.
+# It writes docs/benchmarks.md and docs/benchmarks.json: median, p99 and the
+# berth/containerd ratio of every figure.  Where berth lacks an RPC its column
+# reads "n/a: <the error crictl or critest got>"; nothing is asserted.
+#
+#   --short   few iterations (1 pull, 5 serial and 3 parallel lifecycles,
+#             5 pods, a small critest config): a few minutes, for CI
+#   (default) full: 5 pulls, 50 serial + 3x10 parallel lifecycles, 30 pods,
+#             critest with 50 pods/containers
+#
+# Installs what it needs (hack/install.sh, plus Debian's containerd), builds
+# berthd in release mode unless BERTHD=PATH is given.  Everything it starts
+# (berthd, containerd and its shims, the registry) runs from one temp dir and
+# is stopped by PID; the dir, the bridge and containerd's pods are removed at
+# the end, and leftovers (processes, mounts, network namespaces) are reported.
+#
+# Exit status: 0 unless the setup fails, a leftover had to be removed, or
+# containerd (the reference) could not produce a figure.
+#
+# Environment: BERTHD=PATH, BENCH_PORT=PORT, LARGE_MIB=N (size of the pulled
+# image, default 150), KEEP=1 (keep the temp dir: daemon and critest logs),
+# BENCH_OUT=PREFIX (write PREFIX.md and PREFIX.json instead of
+# docs/benchmarks.*; the test command uses it so CI's smoke run leaves the
+# committed figures alone).
+set -euo pipefail
+
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+MODE=full
+case "${1:-}" in
+    "") ;;
+    --short) MODE=short ;;
+    -h | --help) usage 0 ;;
+    *) usage ;;
+esac
+[ $# -le 1 ] || usage
+require_root
+PORT=${BENCH_PORT:-5070}
+BRIDGE=benchbr0
+SUBNET=10.77.0.0/16
+GATEWAY=10.77.0.1
+START=$SECONDS
+
+# One bench run at a time: they would share the port and the bridge.
+exec 9>/run/lock/berth-bench.lock
+flock -n 9 || die "another hack/bench/run.sh is running"
+
+# --- prerequisites ----------------------------------------------------------
+note "checking prerequisites, building berthd"
+quietly "hack/install.sh" "$REPO/hack/install.sh"
+. "$REPO/hack/env.sh"
+# containerd is the reference runtime of the benchmark only, so the test path
+# (install.sh) does not install it.
+if [ "$(dpkg-query -W -f='${db:Status-Status}' containerd 2>/dev/null || true)" != installed ]; then
+    note "installing Debian's containerd"
+    quietly "apt-get update" apt-get update -q
+    # The package ships only a systemd unit; the benchmark never uses a
+    # system containerd, it starts its own with its own config and socket.
+    quietly "apt-get install containerd" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends containerd
+fi
+if [ -z "${BERTHD:-}" ]; then
+    (cd "$REPO" && quietly "cargo build --release -p berth-agent" \
+        cargo build --release --locked -p berth-agent)
+    BERTHD=$REPO/target/release/berthd
+fi
+[ -x "$BERTHD" ] || die "berthd not found at $BERTHD"
+
+# --- the temp dir and its cleanup -------------------------------------------
+WORK=$(mktemp -d /tmp/berth-bench.XXXXXX)
+chmod 0711 "$WORK"
+mkdir -p "$WORK/pids"
+bridge_existed=$(ip link show "$BRIDGE" >/dev/null 2>&1 && echo 1 || true)
+run_containerd_existed=$([ -d /run/containerd ] && echo 1 || true)
+netns_before=$(ip netns list 2>/dev/null | awk '{print $1}' | sort)
+
+# ours_pids: PIDs of live processes whose command line names $WORK (berthd,
+# containerd, containerd-shim-runc-v2 -address $WORK/..., the registry).
+ours_pids() {
+    local f pid
+    for f in /proc/[0-9]*/cmdline; do
+        pid=${f#/proc/}
+        pid=${pid%/cmdline}
+        [ "$pid" != $$ ] || continue
+        tr '\0' ' ' 2>/dev/null <"$f" | grep -qF -- "$WORK/" && echo "$pid"
+    done
+    return 0
+}
+
+# descendants PID: the children of PID, recursively (the containers of a shim).
+descendants() {
+    local child
+    for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        echo "$child"
+        descendants "$child"
+    done
+}
+
+leftovers=()
+DRIVER=
+cleanup() {
+    local rc=$? pid pids m
+    trap - EXIT INT TERM
+    set +e
+    if [ -n "${DRIVER:-}" ] && kill -0 "$DRIVER" 2>/dev/null; then
+        kill -TERM "$DRIVER"
+        wait "$DRIVER"
+    fi
+    "$REPO/hack/registry.sh" stop --dir "$WORK/registry" 2>/dev/null
+    # The driver stops its daemons itself; this catches what a crash left.
+    pids=$(ours_pids)
+    if [ -n "$pids" ]; then
+        for pid in $pids; do
+            leftovers+=("process $pid: $(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline")")
+            # shellcheck disable=SC2046
+            kill -KILL $(descendants "$pid") "$pid" 2>/dev/null
+        done
+        sleep 1
+    fi
+    # Mounts under $WORK (snapshots, rootfs) would survive rm -rf.
+    while read -r m; do
+        leftovers+=("mount $m")
+        umount -l "$m"
+    done < <(awk -v w="$WORK/" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r)
+    if [ -n "${KEEP:-}" ]; then
+        note "kept $WORK"
+    else
+        rm -rf --one-file-system "$WORK"
+    fi
+    # What containerd leaves outside its root/state: its shim socket dir.
+    if [ -z "$run_containerd_existed" ]; then
+        rmdir /run/containerd/s /run/containerd 2>/dev/null
+    fi
+    if [ -z "$bridge_existed" ] && ip link show "$BRIDGE" >/dev/null 2>&1; then
+        ip link del "$BRIDGE"
+    fi
+    # Network namespaces: the pods of both runtimes must be gone.  Others
+    # (tests running beside us) may add some too, so this only reports.
+    local extra
+    extra=$(comm -13 <(echo "$netns_before") <(ip netns list 2>/dev/null | awk '{print $1}' | sort) | tr '\n' ' ')
+    [ -z "$extra" ] || note "network namespaces that appeared during the run (ours, or another user's): $extra"
+    if [ ${#leftovers[@]} -gt 0 ]; then
+        note "left behind by the run, now removed:"
+        printf '    %s\n' "${leftovers[@]}" >&2
+        [ "$rc" -ne 0 ] || rc=1
+    fi
+    note "took $((SECONDS - START)) s"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- registry, images, mirrors, CNI ----------------------------------------
+note "registry on 127.0.0.1:$PORT, building and pushing the images"
+"$REPO/hack/registry.sh" start --dir "$WORK/registry" --port "$PORT"
+OUT=$WORK/images "$REPO/hack/registry.sh" push-images --dir "$WORK/registry" >/dev/null
+"$REPO/hack/registry.sh" mirrors "$WORK/mirrors" --port "$PORT"
+note "set up in $((SECONDS - START)) s; benchmarking ($MODE)"
+
+mkdir -p "$WORK/cni"
+cat >"$WORK/cni/10-bench.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "berth-bench",
+  "plugins": [
+    { "type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+      "ipam": { "type": "host-local", "ranges": [[{ "subnet": "$SUBNET", "gateway": "$GATEWAY" }]],
+                "routes": [{ "dst": "0.0.0.0/0" }], "dataDir": "$WORK/cni-ipam" } },
+    { "type": "portmap", "capabilities": { "portMappings": true } }
+  ]
+}
+EOF
+
+# --- the benchmarks ---------------------------------------------------------
+# In the background, so that a signal runs the trap at once; the trap passes
+# SIGTERM on and the driver stops its daemons.
+python3 "$REPO/hack/bench/bench.py" \
+    --mode "$MODE" --work "$WORK" --berthd "$BERTHD" --registry "127.0.0.1:$PORT" \
+    --repo "$REPO" --out "${BENCH_OUT:-$REPO/docs/benchmarks}" &
+DRIVER=$!
+wait "$DRIVER"
