@@ -5,7 +5,7 @@
 #
 # Installs the prerequisites (hack/install.sh), then runs, stopping at the
 # first failure: cargo fmt --check, cargo clippy -D warnings, the unit and
-# integration tests, the e2e suite (crictl tests, then critest with the
+# integration tests, the e2e suite (crictl tests, image tests, then critest with the
 # ratchet of e2e/critest-baseline), and a short smoke run of the benchmarks
 # (hack/bench/run.sh --short, figures to a temp dir) so they cannot rot. Needs root: tests create namespaces,
 # mounts and a loopback registry.
@@ -43,6 +43,9 @@ step "e2e: crictl"
 cargo build --locked -p berth-agent
 export BERTHD="$REPO/target/debug/berthd"
 cargo test --locked -p berth-e2e --test crictl
+
+step "e2e: images (pull through mirrors, crash mid-pull)"
+cargo test --locked -p berth-e2e --test images
 
 step "benchmarks, short smoke run (no figure is asserted)"
 bench_out=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-smoke.XXXXXX")

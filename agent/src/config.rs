@@ -44,6 +44,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub cni: CniConfig,
     pub registry: RegistryConfig,
+    pub image: ImageConfig,
     pub cgroup: CgroupConfig,
     pub runtime: RuntimeConfig,
 }
@@ -97,6 +98,17 @@ pub struct RegistryConfig {
     pub config_path: PathBuf,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Layers downloaded at once by one pull.
+    pub max_concurrent_downloads: usize,
+    /// A download that receives no byte for this many seconds fails.
+    pub stall_timeout_seconds: u64,
+    /// Images reported as pinned, which kubelet never garbage-collects.
+    pub pinned_images: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CgroupDriverSetting {
@@ -138,6 +150,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
+            image: ImageConfig::default(),
             cgroup: CgroupConfig::default(),
             runtime: RuntimeConfig::default(),
         }
@@ -184,6 +197,16 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             config_path: PathBuf::from("/etc/berth/certs.d"),
+        }
+    }
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_downloads: 3,
+            stall_timeout_seconds: 60,
+            pinned_images: Vec::new(),
         }
     }
 }
@@ -272,6 +295,18 @@ impl Config {
                     key: "metrics.address",
                     message: format!("`{}`: {e}", self.metrics.address),
                 })?;
+        }
+        if self.image.max_concurrent_downloads == 0 {
+            return Err(ConfigError::Invalid {
+                key: "image.max_concurrent_downloads",
+                message: "must be at least 1".to_owned(),
+            });
+        }
+        if self.image.stall_timeout_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                key: "image.stall_timeout_seconds",
+                message: "must be at least 1".to_owned(),
+            });
         }
         if self.cni.bin_dirs.is_empty() {
             return Err(ConfigError::Invalid {
@@ -413,6 +448,10 @@ mod tests {
                 "runtime.default_handler",
             ),
             ("[cgroup]\ndriver = 7\n", "cgroup.driver"),
+            (
+                "[image]\nmax_concurrent_downloads = 0\n",
+                "image.max_concurrent_downloads",
+            ),
             ("[cni]\nbin_dirs = 3\n", "cni.bin_dirs"),
             (
                 "[runtime.handlers.kata]\nruntime_pth = \"x\"\n",

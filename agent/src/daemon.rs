@@ -30,6 +30,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let store = Store::open(&config.root)?;
     let cgroup_layout = CgroupLayout::detect()?;
     let cgroup_driver = choose_driver(config.cgroup.driver, systemd_running())?;
+    let images = berth_imageservice::Images::open(berth_imageservice::ImagesConfig {
+        root: config.root.clone(),
+        hosts_dir: Some(config.registry.config_path.clone()),
+        max_concurrent_downloads: config.image.max_concurrent_downloads,
+        stall_timeout: std::time::Duration::from_secs(config.image.stall_timeout_seconds),
+        pinned: config.image.pinned_images.clone(),
+    })
+    .await?;
     let mut socket = CriSocket::bind(&config.socket_path())?;
     let listener = socket
         .listener()
@@ -69,6 +77,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         store,
         cgroup_layout,
         cgroup_driver,
+        images: Arc::new(images),
     });
     let service = CriService::new(state.clone());
     tracing::info!(

@@ -25,6 +25,8 @@ pub enum Error {
     },
     #[error("CRI server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Image(#[from] berth_imageservice::Error),
 }
 
 /// Shorthand for results of the agent.
@@ -34,6 +36,22 @@ impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         let message = error.to_string();
         match error {
+            Error::Image(e) => {
+                use berth_imageservice::ErrorKind as Kind;
+                let code = match e.kind() {
+                    Kind::NotFound => tonic::Code::NotFound,
+                    Kind::InvalidArgument => tonic::Code::InvalidArgument,
+                    Kind::Unauthenticated => tonic::Code::Unauthenticated,
+                    Kind::PermissionDenied => tonic::Code::PermissionDenied,
+                    Kind::Unavailable => tonic::Code::Unavailable,
+                    Kind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+                    Kind::Cancelled => tonic::Code::Cancelled,
+                    Kind::DataLoss => tonic::Code::DataLoss,
+                    Kind::FailedPrecondition => tonic::Code::FailedPrecondition,
+                    Kind::Internal => tonic::Code::Internal,
+                };
+                tonic::Status::new(code, message)
+            }
             Error::Config(_) => tonic::Status::invalid_argument(message),
             Error::Store(crate::store::StoreError::InUse { .. }) => {
                 tonic::Status::unavailable(message)

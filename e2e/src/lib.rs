@@ -368,6 +368,12 @@ impl Registry {
     /// (`only`: a regex of upstream names, as build-and-push.sh's ONLY) and
     /// writes hosts.toml mirrors for every upstream registry.
     pub fn start(port: u16, only: Option<&str>) -> Result<Self, String> {
+        Self::start_with_large(port, only, 0)
+    }
+
+    /// As [`Registry::start`], with `bench/large:1` of `large_mib` MiB
+    /// (0 leaves it out).
+    pub fn start_with_large(port: u16, only: Option<&str>, large_mib: u32) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("berth-e2e-registry-{port}"));
         let script = repo_root().join("hack/registry.sh");
         let port_text = port.to_string();
@@ -400,7 +406,8 @@ impl Registry {
             port,
             mirrors,
         };
-        let mut env = vec![("LARGE_MIB", "0")];
+        let large_mib = large_mib.to_string();
+        let mut env = vec![("LARGE_MIB", large_mib.as_str())];
         if let Some(only) = only {
             env.push(("ONLY", only));
         }

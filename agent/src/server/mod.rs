@@ -21,6 +21,7 @@ pub struct AgentState {
     pub store: Store,
     pub cgroup_layout: CgroupLayout,
     pub cgroup_driver: CgroupDriver,
+    pub images: Arc<berth_imageservice::Images>,
 }
 
 /// The CRI services, both backed by one [`AgentState`].

@@ -1,0 +1,596 @@
+//! [`Images`]: the image service as the agent uses it — pull, look up,
+//! list, remove, filesystem usage — over the content store, the image
+//! records and the snapshotter.
+//!
+//! A pull resolves the reference through the hosts directory, keeps the
+//! index, manifest and config in the content store, and streams every
+//! missing layer from the registry through decompression straight into its
+//! own snapshot directory, several layers at once (`max_concurrent_downloads`).
+//! The compressed digest is checked as the bytes arrive and the diff ID
+//! after decompression; compressed layers are never stored, so an image
+//! costs its disk space once. Layers are committed in chain order, then the
+//! image record is written: until that last step nothing of the pull is
+//! visible, and whatever a failed or killed pull leaves (`extract-*`
+//! snapshots, unreferenced layers, partial blobs) is removed at the next
+//! [`Images::open`].
+//!
+//! Concurrent pulls share work per layer: the first pull that needs a chain
+//! ID leads its flight (downloads, unpacks, commits); others wait for it.
+//! Chain IDs encode the whole layer prefix, so pulls commit shared layers
+//! in the same order and never wait on each other in a cycle.
+
+use crate::content::Store;
+use crate::decompress::{decompress, pipe, DiffIdReader};
+use crate::digest::{Digest, Hasher};
+use crate::image_config::{chain_ids, ImageConfig};
+use crate::image_store::{ImageRecord, ImageStore, RECORD_VERSION};
+use crate::manifest::{Descriptor, Manifest};
+use crate::platform::PlatformMatcher;
+use crate::reference::Reference;
+use crate::registry::{AuthConfig, Client, ClientConfig, PullOptions, Session};
+use crate::{Error, Result};
+use berth_snapshotter::{apply_layer, FsUsage, Kind, Snapshotter};
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Semaphore};
+
+/// The largest image config berth reads.
+const MAX_CONFIG_SIZE: u64 = 8 << 20;
+/// Snapshot keys of layers being unpacked.
+const EXTRACT_PREFIX: &str = "extract-";
+
+/// How the image service is set up.
+#[derive(Debug, Clone)]
+pub struct ImagesConfig {
+    /// Everything lives below: `content/`, `snapshotter/`, `images.redb`.
+    pub root: PathBuf,
+    /// containerd's hosts directory (`registry.config_path`).
+    pub hosts_dir: Option<PathBuf>,
+    /// Layers downloaded at once per pull.
+    pub max_concurrent_downloads: usize,
+    /// A download that receives nothing for this long fails.
+    pub stall_timeout: Duration,
+    /// Names whose images report `pinned`.
+    pub pinned: Vec<String>,
+}
+
+/// The outcome of a layer flight, shared with waiting pulls.
+type FlightOutcome = Option<std::result::Result<(), String>>;
+
+/// The image service.
+#[derive(Debug)]
+pub struct Images {
+    content: Store,
+    snapshotter: Arc<Snapshotter>,
+    records: Arc<ImageStore>,
+    client: Client,
+    downloads: Arc<Semaphore>,
+    flights: Arc<Mutex<HashMap<String, watch::Receiver<FlightOutcome>>>>,
+    pinned: HashSet<String>,
+}
+
+impl Images {
+    /// Opens the stores under `config.root` and removes what an earlier,
+    /// interrupted pull left behind.
+    pub async fn open(config: ImagesConfig) -> Result<Images> {
+        let content = Store::open(config.root.join("content")).await?;
+        let root = config.root.clone();
+        let (snapshotter, records) = blocking(move || {
+            std::fs::create_dir_all(&root).map_err(|source| Error::Local {
+                path: root.clone(),
+                source,
+            })?;
+            let snapshotter = Snapshotter::open(root.join("snapshotter"))?;
+            let records = ImageStore::open(&root)?;
+            Ok((snapshotter, records))
+        })
+        .await?;
+        let client = Client::new(ClientConfig {
+            hosts_dir: config.hosts_dir.clone(),
+            stall_timeout: config.stall_timeout,
+            ..ClientConfig::default()
+        });
+        let pinned = config
+            .pinned
+            .iter()
+            .map(|name| {
+                name.parse::<Reference>()
+                    .map(|r| canonical_name(&r))
+                    .unwrap_or_else(|_| name.clone())
+            })
+            .collect();
+        let images = Images {
+            content,
+            snapshotter: Arc::new(snapshotter),
+            records: Arc::new(records),
+            client,
+            downloads: Arc::new(Semaphore::new(config.max_concurrent_downloads.max(1))),
+            flights: Arc::new(Mutex::new(HashMap::new())),
+            pinned,
+        };
+        images.recover().await?;
+        Ok(images)
+    }
+
+    /// Removes unpacks that never finished and layers no image references.
+    async fn recover(&self) -> Result<()> {
+        let snapshotter = self.snapshotter.clone();
+        let records = self.records.clone();
+        let removed = blocking(move || {
+            let mut removed = Vec::new();
+            for info in snapshotter.list()? {
+                if info.kind == Kind::Active && info.key.starts_with(EXTRACT_PREFIX) {
+                    snapshotter.remove(&info.key)?;
+                    removed.push(info.key);
+                }
+            }
+            let referenced: Vec<String> = records
+                .list()?
+                .into_iter()
+                .flat_map(|r| r.chain_ids)
+                .collect();
+            removed.extend(snapshotter.gc(referenced)?);
+            Ok(removed)
+        })
+        .await?;
+        if !removed.is_empty() {
+            tracing::info!(snapshots = ?removed, "removed snapshots left by interrupted pulls");
+        }
+        Ok(())
+    }
+
+    /// The snapshotter, for containers' root filesystems.
+    pub fn snapshotter(&self) -> &Arc<Snapshotter> {
+        &self.snapshotter
+    }
+
+    /// Pulls `image` and returns its record. `deadline` bounds the whole
+    /// pull; the error then says the deadline passed.
+    pub async fn pull(
+        &self,
+        image: &str,
+        auth: Option<AuthConfig>,
+        deadline: Option<Instant>,
+    ) -> Result<ImageRecord> {
+        let reference: Reference = image.parse()?;
+        let options = PullOptions {
+            auth,
+            deadline: deadline.map(tokio::time::Instant::from_std),
+            ..PullOptions::default()
+        };
+        let session = self.client.session(&reference, options).await?;
+        let top = session.resolve().await?;
+        let mut blobs = vec![top.digest.to_string()];
+        let mut descriptor = top.clone();
+        let manifest = loop {
+            let bytes = self.manifest_bytes(&session, &descriptor).await?;
+            match Manifest::parse(&descriptor.media_type, &descriptor.digest, &bytes)? {
+                Manifest::Index(index) => {
+                    descriptor = index
+                        .select(&PlatformMatcher::host(), &descriptor.digest)?
+                        .clone();
+                    blobs.push(descriptor.digest.to_string());
+                }
+                Manifest::Image(manifest) => break manifest,
+            }
+        };
+        session
+            .fetch_to_store(&self.content, &manifest.config)
+            .await?;
+        blobs.push(manifest.config.digest.to_string());
+        let config_bytes = self
+            .content
+            .read(&manifest.config.digest, MAX_CONFIG_SIZE)
+            .await?;
+        let config = ImageConfig::parse(&manifest.config.digest, &config_bytes)?;
+        let diff_ids = &config.rootfs.diff_ids;
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(Error::LayerCount {
+                manifest: descriptor.digest.clone(),
+                layers: manifest.layers.len(),
+                diff_ids: diff_ids.len(),
+            });
+        }
+        let chain = chain_ids(diff_ids);
+        self.unpack_layers(&session, &manifest.layers, diff_ids, &chain)
+            .await?;
+        let record = ImageRecord {
+            version: RECORD_VERSION,
+            id: manifest.config.digest.to_string(),
+            repo_tags: reference.repo_tag().into_iter().collect(),
+            repo_digests: vec![reference.repo_digest(&top.digest)],
+            size: manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>(),
+            user: config.config.user.clone(),
+            chain_ids: chain.iter().map(ToString::to_string).collect(),
+            blobs,
+        };
+        let records = self.records.clone();
+        let stored = blocking(move || Ok(records.put(record)?)).await?;
+        tracing::info!(image = %image, id = %stored.id, "pulled");
+        Ok(stored)
+    }
+
+    /// A manifest from the content store, or from the registry into it.
+    async fn manifest_bytes(&self, session: &Session, descriptor: &Descriptor) -> Result<Bytes> {
+        if self.content.info(&descriptor.digest).await.is_ok() {
+            let bytes = self
+                .content
+                .read(&descriptor.digest, MAX_CONFIG_SIZE)
+                .await?;
+            return Ok(Bytes::from(bytes));
+        }
+        let bytes = session.fetch_manifest(descriptor).await?;
+        self.content.write_all(&descriptor.digest, &bytes).await?;
+        Ok(bytes)
+    }
+
+    /// Makes every layer's chain ID a committed snapshot.
+    async fn unpack_layers(
+        &self,
+        session: &Session,
+        layers: &[Descriptor],
+        diff_ids: &[Digest],
+        chain: &[Digest],
+    ) -> Result<()> {
+        enum Step {
+            Present,
+            Lead(Flight),
+            Follow(watch::Receiver<FlightOutcome>),
+        }
+        let mut steps = Vec::with_capacity(layers.len());
+        for chain_id in chain {
+            let key = chain_id.to_string();
+            let snapshotter = self.snapshotter.clone();
+            let probe = key.clone();
+            let committed = blocking(move || {
+                Ok(snapshotter
+                    .stat(&probe)
+                    .map(|info| info.kind == Kind::Committed)
+                    .unwrap_or(false))
+            })
+            .await?;
+            if committed {
+                steps.push(Step::Present);
+                continue;
+            }
+            steps.push(match self.join_flight(&key) {
+                Ok(flight) => Step::Lead(flight),
+                Err(waiting) => Step::Follow(waiting),
+            });
+        }
+
+        // Download and unpack this pull's own layers, several at once.
+        let unpacks = steps.iter().enumerate().map(|(i, step)| async move {
+            match step {
+                Step::Lead(_) => Some(self.unpack_layer(session, &layers[i], &diff_ids[i]).await),
+                Step::Present | Step::Follow(_) => None,
+            }
+        });
+        let mut unpacked = futures::future::join_all(unpacks).await;
+
+        // Commit in chain order; wait for layers other pulls lead.
+        for (i, step) in steps.into_iter().enumerate() {
+            let chain_id = chain[i].to_string();
+            match step {
+                Step::Present => {}
+                Step::Lead(flight) => {
+                    let layer = unpacked[i].take().expect("every led layer was unpacked");
+                    let result = match layer {
+                        Ok(prepared) => self.commit_layer(prepared, &chain_id, i, chain).await,
+                        Err(e) => Err(e),
+                    };
+                    flight.finish(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+                    result?;
+                }
+                Step::Follow(mut waiting) => {
+                    let outcome = waiting
+                        .wait_for(Option::is_some)
+                        .await
+                        .map(|outcome| outcome.clone())
+                        .unwrap_or(Some(Err("the pull unpacking it was abandoned".to_owned())));
+                    if let Some(Err(message)) = outcome {
+                        return Err(Error::SharedLayer { chain_id, message });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Leads the flight of `chain_id`, or returns the flight to wait for.
+    fn join_flight(
+        &self,
+        chain_id: &str,
+    ) -> std::result::Result<Flight, watch::Receiver<FlightOutcome>> {
+        let mut flights = self
+            .flights
+            .lock()
+            .expect("flight map lock is never poisoned");
+        if let Some(waiting) = flights.get(chain_id) {
+            if waiting.borrow().is_none() {
+                return Err(waiting.clone());
+            }
+        }
+        let (sender, receiver) = watch::channel(None);
+        flights.insert(chain_id.to_owned(), receiver);
+        Ok(Flight {
+            chain_id: chain_id.to_owned(),
+            sender: Some(sender),
+            flights: self.flights.clone(),
+        })
+    }
+
+    /// Streams one layer from the registry into a new snapshot directory,
+    /// verifying its digest and diff ID.
+    async fn unpack_layer(
+        &self,
+        session: &Session,
+        layer: &Descriptor,
+        diff_id: &Digest,
+    ) -> Result<PreparedLayer> {
+        let _permit = self
+            .downloads
+            .acquire()
+            .await
+            .expect("the download semaphore is never closed");
+        let key = format!(
+            "{EXTRACT_PREFIX}{}-{}",
+            std::process::id(),
+            unique_suffix(&layer.digest)
+        );
+        let snapshotter = self.snapshotter.clone();
+        let prepare_key = key.clone();
+        let dir = blocking(move || Ok(snapshotter.prepare_layer(&prepare_key)?)).await?;
+        let prepared = PreparedLayer {
+            key,
+            snapshotter: Some(self.snapshotter.clone()),
+        };
+
+        let mut blob = session.fetch_blob(layer).await?;
+        let (sender, reader) = pipe(8);
+        let media_type = layer.media_type.clone();
+        let layer_digest = layer.digest.clone();
+        let expected_diff_id = diff_id.clone();
+        let applier = tokio::task::spawn_blocking(move || -> Result<()> {
+            let tar = decompress(&media_type, &layer_digest, reader)?;
+            let mut tar = DiffIdReader::new(tar);
+            apply_layer(&mut tar, &dir).map_err(|source| Error::Apply {
+                digest: layer_digest.clone(),
+                source,
+            })?;
+            tar.verify(&expected_diff_id)
+        });
+        let mut hasher = Hasher::new(layer.digest.algorithm());
+        let downloaded: Result<()> = async {
+            while let Some(chunk) = blob.chunk().await? {
+                hasher.update(&chunk);
+                if !sender.send(chunk).await {
+                    // The applier stopped early; its error says why.
+                    break;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match &downloaded {
+            Ok(()) => sender.finish(),
+            Err(e) => {
+                sender
+                    .fail(std::io::Error::other(format!("download failed: {e}")))
+                    .await
+            }
+        }
+        let applied = applier.await.map_err(|e| Error::Task(e.to_string()))?;
+        downloaded?;
+        applied?;
+        let actual = hasher.finish();
+        if actual != layer.digest {
+            return Err(Error::Content(
+                crate::content::ContentError::DigestMismatch {
+                    expected: layer.digest.clone(),
+                    actual,
+                },
+            ));
+        }
+        Ok(prepared)
+    }
+
+    async fn commit_layer(
+        &self,
+        mut prepared: PreparedLayer,
+        chain_id: &str,
+        index: usize,
+        chain: &[Digest],
+    ) -> Result<()> {
+        let parent = index.checked_sub(1).map(|p| chain[p].to_string());
+        let snapshotter = self.snapshotter.clone();
+        let key = prepared.key.clone();
+        let name = chain_id.to_owned();
+        blocking(move || {
+            snapshotter.commit_layer(&key, &name, parent.as_deref())?;
+            Ok(())
+        })
+        .await?;
+        prepared.snapshotter = None;
+        Ok(())
+    }
+
+    /// The image known by `name`: its ID (`sha256:…` or the bare hex), a
+    /// repo tag or repo digest, or any reference that normalises to one
+    /// (`busybox` is `docker.io/library/busybox:latest`).
+    pub async fn status(&self, name: &str) -> Result<Option<ImageRecord>> {
+        let records = self.records.clone();
+        let name = name.to_owned();
+        blocking(move || {
+            if let Some(record) = records.get(&name)? {
+                return Ok(Some(record));
+            }
+            // An image ID, with or without its algorithm, names no
+            // repository: when no image has it there is nothing to find.
+            if name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Ok(records.get(&format!("sha256:{name}"))?);
+            }
+            if name.parse::<Digest>().is_ok() {
+                return Ok(None);
+            }
+            let reference: Reference = name.parse()?;
+            Ok(records.by_name(&canonical_name(&reference))?)
+        })
+        .await
+    }
+
+    /// Every image.
+    pub async fn list(&self) -> Result<Vec<ImageRecord>> {
+        let records = self.records.clone();
+        blocking(move || Ok(records.list()?)).await
+    }
+
+    /// Whether the config names the image as pinned.
+    pub fn is_pinned(&self, record: &ImageRecord) -> bool {
+        record.names().any(|name| self.pinned.contains(name))
+    }
+
+    /// The parsed config of an image.
+    pub async fn config(&self, record: &ImageRecord) -> Result<ImageConfig> {
+        let digest: Digest = record.id.parse().map_err(|_| Error::BadRecord {
+            id: record.id.clone(),
+        })?;
+        let bytes = self.content.read(&digest, MAX_CONFIG_SIZE).await?;
+        Ok(ImageConfig::parse(&digest, &bytes)?)
+    }
+
+    /// Removes the image with ID `id` and everything only it used; `None`
+    /// if there was none.
+    pub async fn remove(&self, id: &str) -> Result<Option<ImageRecord>> {
+        let records = self.records.clone();
+        let snapshotter = self.snapshotter.clone();
+        let id = id.to_owned();
+        let outcome = blocking(move || {
+            let Some(removed) = records.remove(&id)? else {
+                return Ok(None);
+            };
+            let remaining = records.list()?;
+            let referenced: Vec<&String> = remaining.iter().flat_map(|r| &r.chain_ids).collect();
+            snapshotter.gc(referenced)?;
+            let kept: HashSet<&String> = remaining.iter().flat_map(|r| &r.blobs).collect();
+            let unused: Vec<String> = removed
+                .blobs
+                .iter()
+                .filter(|b| !kept.contains(b))
+                .cloned()
+                .collect();
+            Ok(Some((removed, unused)))
+        })
+        .await?;
+        let Some((removed, unused)) = outcome else {
+            return Ok(None);
+        };
+        for blob in unused {
+            if let Ok(digest) = blob.parse::<Digest>() {
+                if let Err(e) = self.content.delete(&digest).await {
+                    tracing::warn!(blob = %blob, error = %e, "cannot delete image blob");
+                }
+            }
+        }
+        Ok(Some(removed))
+    }
+
+    /// Usage of the filesystem that holds the snapshots.
+    pub async fn fs_usage(&self) -> Result<FsUsage> {
+        let snapshotter = self.snapshotter.clone();
+        blocking(move || Ok(snapshotter.fs_usage()?)).await
+    }
+
+    /// Where the stores live.
+    pub fn content_root(&self) -> &Path {
+        self.content.root()
+    }
+}
+
+/// The stored name of a reference: its repo digest if it has a digest,
+/// else its repo tag.
+fn canonical_name(reference: &Reference) -> String {
+    match reference.digest() {
+        Some(digest) => reference.repo_digest(digest),
+        None => reference
+            .repo_tag()
+            .unwrap_or_else(|| format!("{}:latest", reference.name())),
+    }
+}
+
+fn unique_suffix(digest: &Digest) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let hex = digest.hex();
+    format!(
+        "{}-{}",
+        &hex[..hex.len().min(12)],
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// A layer flight this pull leads; waiting pulls learn the outcome. If the
+/// pull is dropped (cancelled) first, they learn that it was abandoned.
+struct Flight {
+    chain_id: String,
+    sender: Option<watch::Sender<FlightOutcome>>,
+    flights: Arc<Mutex<HashMap<String, watch::Receiver<FlightOutcome>>>>,
+}
+
+impl Flight {
+    fn finish(mut self, outcome: std::result::Result<(), String>) {
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(Some(outcome));
+        }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(Some(Err("the pull unpacking it was abandoned".to_owned())));
+        }
+        let mut flights = self
+            .flights
+            .lock()
+            .expect("flight map lock is never poisoned");
+        flights.remove(&self.chain_id);
+    }
+}
+
+/// An unpacked layer not yet committed; removed on drop unless committed.
+struct PreparedLayer {
+    key: String,
+    snapshotter: Option<Arc<Snapshotter>>,
+}
+
+impl Drop for PreparedLayer {
+    fn drop(&mut self) {
+        if let Some(snapshotter) = self.snapshotter.take() {
+            let key = std::mem::take(&mut self.key);
+            let remove = move || {
+                if let Err(e) = snapshotter.remove(&key) {
+                    tracing::warn!(key = %key, error = %e, "cannot remove unfinished layer");
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn_blocking(remove);
+                }
+                Err(_) => remove(),
+            }
+        }
+    }
+}
