@@ -107,6 +107,8 @@ pub struct ImageConfig {
     pub stall_timeout_seconds: u64,
     /// Images reported as pinned, which kubelet never garbage-collects.
     pub pinned_images: Vec<String>,
+    /// Keep compressed layer blobs after unpacking them.
+    pub keep_layer_blobs: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +209,7 @@ impl Default for ImageConfig {
             max_concurrent_downloads: 3,
             stall_timeout_seconds: 60,
             pinned_images: Vec::new(),
+            keep_layer_blobs: false,
         }
     }
 }

@@ -36,6 +36,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         max_concurrent_downloads: config.image.max_concurrent_downloads,
         stall_timeout: std::time::Duration::from_secs(config.image.stall_timeout_seconds),
         pinned: config.image.pinned_images.clone(),
+        keep_layer_blobs: config.image.keep_layer_blobs,
     })
     .await?;
     let mut socket = CriSocket::bind(&config.socket_path())?;

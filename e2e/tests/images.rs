@@ -37,6 +37,12 @@ fn main() {
     suite.run("concurrent_pulls_share_layers", || {
         concurrent_pulls_share_layers(options())
     });
+    suite.run("kept_layer_blobs_go_with_the_image", || {
+        kept_layer_blobs_go_with_the_image(BerthdOptions {
+            extra_config: "\n[image]\nkeep_layer_blobs = true\n".to_owned(),
+            ..options()
+        })
+    });
     suite.run("kill_9_mid_pull_leaves_nothing", || {
         kill_9_mid_pull_leaves_nothing(options())
     });
@@ -292,6 +298,21 @@ fn concurrent_pulls_share_layers(options: BerthdOptions) -> TestResult {
     let images = json(&berthd.crictl_ok(&["images", "-o", "json"])?)?;
     ensure(images["images"].as_array().map_or(0, Vec::len) == 5, || {
         images.to_string()
+    })?;
+    berthd.stop()
+}
+
+fn kept_layer_blobs_go_with_the_image(options: BerthdOptions) -> TestResult {
+    let berthd = Berthd::start(options)?;
+    let blobs = berthd.root_dir().join("content/blobs");
+    berthd.crictl_ok(&["pull", "127.0.0.1:5000/bench/whiteout:1"])?;
+    // Manifest and config, plus the four compressed layers.
+    ensure(files_under(&blobs) == 6, || {
+        format!("expected 6 blobs, found {}", files_under(&blobs))
+    })?;
+    berthd.crictl_ok(&["rmi", "127.0.0.1:5000/bench/whiteout:1"])?;
+    ensure(files_under(&blobs) == 0, || {
+        "blobs remain after rmi".to_owned()
     })?;
     berthd.stop()
 }

@@ -164,6 +164,26 @@ impl Hosts {
         Hosts { dir }
     }
 
+    /// Reads every registry's configuration once and returns the errors,
+    /// so that a malformed file is reported at start-up and not only at
+    /// the first pull from that registry.
+    pub fn check_all(&self) -> Vec<HostsError> {
+        let Some(root) = &self.dir else {
+            return Vec::new();
+        };
+        let Ok(entries) = fs::read_dir(root) else {
+            return Vec::new();
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        dirs.iter()
+            .filter_map(|dir| load_host_dir(dir).err())
+            .collect()
+    }
+
     /// The endpoints for `registry` (as in [`crate::Reference::registry`]),
     /// mirrors first, the server last. Blocking: reads the directory.
     pub fn endpoints(&self, registry: &str) -> Result<Vec<Endpoint>, HostsError> {
@@ -637,6 +657,38 @@ fn parse_go_duration(text: &str) -> Option<Duration> {
         total += number * seconds;
     }
     Duration::try_from_secs_f64(total).ok()
+}
+
+#[cfg(test)]
+mod check_all_tests {
+    use super::*;
+
+    #[test]
+    fn check_all_reports_each_malformed_file() {
+        let root = tempfile::tempdir().expect("tempdir");
+        for (host, text) in [
+            ("good.example", "server = \"https://good.example\"\n"),
+            (
+                "bad.example",
+                "server = \"https://bad.example\"\n[host.\"x\"\ncapabilities = 1\n",
+            ),
+        ] {
+            let dir = root.path().join(host);
+            fs::create_dir_all(&dir).expect("mkdir");
+            fs::write(dir.join("hosts.toml"), text).expect("write");
+        }
+        let errors = Hosts::new(Some(root.path().to_owned())).check_all();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].to_string().contains("bad.example/hosts.toml:"),
+            "{}",
+            errors[0]
+        );
+        assert!(Hosts::new(None).check_all().is_empty());
+        assert!(Hosts::new(Some(root.path().join("missing")))
+            .check_all()
+            .is_empty());
+    }
 }
 
 #[cfg(test)]

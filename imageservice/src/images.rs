@@ -55,6 +55,9 @@ pub struct ImagesConfig {
     pub stall_timeout: Duration,
     /// Names whose images report `pinned`.
     pub pinned: Vec<String>,
+    /// Keep compressed layer blobs in the content store after unpacking
+    /// (off: an image then costs its disk space once).
+    pub keep_layer_blobs: bool,
 }
 
 /// The outcome of a layer flight, shared with waiting pulls.
@@ -70,6 +73,7 @@ pub struct Images {
     downloads: Arc<Semaphore>,
     flights: Arc<Mutex<HashMap<String, watch::Receiver<FlightOutcome>>>>,
     pinned: HashSet<String>,
+    keep_layer_blobs: bool,
 }
 
 impl Images {
@@ -88,6 +92,10 @@ impl Images {
             Ok((snapshotter, records))
         })
         .await?;
+        let hosts = crate::hosts::Hosts::new(config.hosts_dir.clone());
+        for error in blocking(move || Ok(hosts.check_all())).await? {
+            tracing::error!(error = %error, "malformed registry hosts file: pulls from that registry fail until it is fixed");
+        }
         let client = Client::new(ClientConfig {
             hosts_dir: config.hosts_dir.clone(),
             stall_timeout: config.stall_timeout,
@@ -110,6 +118,7 @@ impl Images {
             downloads: Arc::new(Semaphore::new(config.max_concurrent_downloads.max(1))),
             flights: Arc::new(Mutex::new(HashMap::new())),
             pinned,
+            keep_layer_blobs: config.keep_layer_blobs,
         };
         images.recover().await?;
         Ok(images)
@@ -197,6 +206,9 @@ impl Images {
         let chain = chain_ids(diff_ids);
         self.unpack_layers(&session, &manifest.layers, diff_ids, &chain)
             .await?;
+        if self.keep_layer_blobs {
+            blobs.extend(manifest.layers.iter().map(|l| l.digest.to_string()));
+        }
         let record = ImageRecord {
             version: RECORD_VERSION,
             id: manifest.config.digest.to_string(),
@@ -364,9 +376,21 @@ impl Images {
             tar.verify(&expected_diff_id)
         });
         let mut hasher = Hasher::new(layer.digest.algorithm());
+        // With keep_layer_blobs the same bytes also go to the content store,
+        // whose writer verifies them on its own.
+        let mut keeper = match self.keep_layer_blobs {
+            true => match self.content.writer(&layer.digest, layer.size).await? {
+                crate::content::Ingest::New(writer) => Some(writer),
+                crate::content::Ingest::Exists(_) => None,
+            },
+            false => None,
+        };
         let downloaded: Result<()> = async {
             while let Some(chunk) = blob.chunk().await? {
                 hasher.update(&chunk);
+                if let Some(writer) = keeper.as_mut() {
+                    writer.write(&chunk).await?;
+                }
                 if !sender.send(chunk).await {
                     // The applier stopped early; its error says why.
                     break;
@@ -386,6 +410,9 @@ impl Images {
         let applied = applier.await.map_err(|e| Error::Task(e.to_string()))?;
         downloaded?;
         applied?;
+        if let Some(writer) = keeper {
+            writer.commit().await?;
+        }
         let actual = hasher.finish();
         if actual != layer.digest {
             return Err(Error::Content(
