@@ -30,6 +30,11 @@ step "install prerequisites"
 "$REPO/hack/install.sh"
 . "$REPO/hack/env.sh"
 
+step "CRI definition is wire-compatible with k8s.io/cri-api v0.37.0"
+cri_api=$(cd / && go mod download -json k8s.io/cri-api@v0.37.0 |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+"$REPO/proto/check-wire-compat.sh" "$cri_api/pkg/apis/runtime/v1/api.proto"
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
