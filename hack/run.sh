@@ -20,4 +20,4 @@ cd "$REPO"
 . "$REPO/hack/env.sh"
 cargo build --release --locked -p berth-agent -p berth-shim
 "$REPO/hack/cni-config.sh"
-exec "$REPO/target/release/berthd" "$@"
+exec "${CARGO_TARGET_DIR:-$REPO/target}/release/berthd" "$@"

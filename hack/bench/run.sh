@@ -71,7 +71,7 @@ fi
 if [ -z "${BERTHD:-}" ]; then
     (cd "$REPO" && quietly "cargo build --release -p berth-agent" \
         cargo build --release --locked -p berth-agent)
-    BERTHD=$REPO/target/release/berthd
+    BERTHD=${CARGO_TARGET_DIR:-$REPO/target}/release/berthd
 fi
 [ -x "$BERTHD" ] || die "berthd not found at $BERTHD"
 
