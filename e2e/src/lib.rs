@@ -79,6 +79,8 @@ pub struct BerthdOptions {
     pub cni_conf_dir: Option<PathBuf>,
     /// Extra TOML appended to the generated config file.
     pub extra_config: String,
+    /// Put the root on a tmpfs of this many MiB, to run out of disk.
+    pub root_size_mib: Option<u64>,
 }
 
 /// A running berthd on a private root, state dir and socket.
@@ -87,6 +89,8 @@ pub struct Berthd {
     child: Option<Child>,
     dir: tempfile::TempDir,
     netns_before: Vec<String>,
+    /// The root is a tmpfs the harness mounted (and unmounts).
+    root_mounted: bool,
 }
 
 impl Berthd {
@@ -126,7 +130,21 @@ impl Berthd {
             child: None,
             dir,
             netns_before: leaks::network_namespaces(),
+            root_mounted: false,
         };
+        if let Some(mib) = options.root_size_mib {
+            let root = berthd.root_dir();
+            std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+            nix::mount::mount(
+                Some("tmpfs"),
+                &root,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(format!("size={mib}m,mode=0700").as_str()),
+            )
+            .map_err(|e| format!("cannot mount a {mib} MiB tmpfs root: {e}"))?;
+            berthd.root_mounted = true;
+        }
         berthd.restart()?;
         Ok(berthd)
     }
@@ -269,6 +287,7 @@ impl Berthd {
         if self.socket().exists() {
             return Err("berthd left its socket behind after SIGTERM".to_owned());
         }
+        self.unmount_root();
         let found = leaks::find(self.dir.path(), &self.netns_before);
         if !found.is_empty() {
             return Err(format!("berthd leaked:\n  {}", found.join("\n  ")));
@@ -306,6 +325,17 @@ impl Berthd {
     }
 }
 
+impl Berthd {
+    fn unmount_root(&mut self) {
+        if std::mem::take(&mut self.root_mounted) {
+            let root = self.root_dir();
+            if let Err(e) = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH) {
+                eprintln!("cannot unmount the test root {}: {e}", root.display());
+            }
+        }
+    }
+}
+
 impl Drop for Berthd {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -313,6 +343,7 @@ impl Drop for Berthd {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.unmount_root();
     }
 }
 

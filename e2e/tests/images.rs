@@ -43,6 +43,18 @@ fn main() {
             ..options()
         })
     });
+    suite.run("pinned_images_say_so", || {
+        pinned_images_say_so(BerthdOptions {
+            extra_config: format!("\n[image]\npinned_images = [\"{BUSYBOX}\"]\n"),
+            ..options()
+        })
+    });
+    suite.run("disk_full_fails_the_pull_and_leaves_nothing", || {
+        disk_full_fails_the_pull_and_leaves_nothing(BerthdOptions {
+            root_size_mib: Some(24),
+            ..options()
+        })
+    });
     suite.run("kill_9_mid_pull_leaves_nothing", || {
         kill_9_mid_pull_leaves_nothing(options())
     });
@@ -314,6 +326,46 @@ fn kept_layer_blobs_go_with_the_image(options: BerthdOptions) -> TestResult {
     ensure(files_under(&blobs) == 0, || {
         "blobs remain after rmi".to_owned()
     })?;
+    berthd.stop()
+}
+
+fn pinned_images_say_so(options: BerthdOptions) -> TestResult {
+    let berthd = Berthd::start(options)?;
+    let other = "gcr.io/k8s-staging-cri-tools/test-image-1:latest";
+    berthd.crictl_ok(&["pull", BUSYBOX])?;
+    berthd.crictl_ok(&["pull", other])?;
+    let pinned = json(&berthd.crictl_ok(&["inspecti", "-o", "json", BUSYBOX])?)?;
+    ensure(pinned["status"]["pinned"] == true, || pinned.to_string())?;
+    let unpinned = json(&berthd.crictl_ok(&["inspecti", "-o", "json", other])?)?;
+    ensure(unpinned["status"]["pinned"] == false, || {
+        unpinned.to_string()
+    })?;
+    berthd.stop()
+}
+
+fn disk_full_fails_the_pull_and_leaves_nothing(options: BerthdOptions) -> TestResult {
+    let berthd = Berthd::start(options)?;
+    // 40 MiB of incompressible layers cannot fit a 24 MiB root.
+    let output = berthd.crictl(&["pull", "127.0.0.1:5000/bench/large:1"])?;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    ensure(!output.status.success(), || {
+        "the pull fitted in 24 MiB".to_owned()
+    })?;
+    ensure(stderr.to_lowercase().contains("no space left"), || {
+        stderr.clone()
+    })?;
+    let images = json(&berthd.crictl_ok(&["images", "-o", "json"])?)?;
+    ensure(
+        images["images"].as_array().is_none_or(Vec::is_empty),
+        || images.to_string(),
+    )?;
+    let snapshots = berthd.root_dir().join("snapshotter/snapshots");
+    ensure(
+        wait_until(Duration::from_secs(10), || files_under(&snapshots) == 0),
+        || "the failed pull left layers behind".to_owned(),
+    )?;
+    // With the space back, a small image still pulls.
+    berthd.crictl_ok(&["pull", BUSYBOX])?;
     berthd.stop()
 }
 

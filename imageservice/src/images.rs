@@ -74,6 +74,9 @@ pub struct Images {
     flights: Arc<Mutex<HashMap<String, watch::Receiver<FlightOutcome>>>>,
     pinned: HashSet<String>,
     keep_layer_blobs: bool,
+    /// Chain IDs that pulls in progress stand on: garbage collection keeps
+    /// them although no image record names them yet.
+    leased: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Images {
@@ -119,6 +122,7 @@ impl Images {
             flights: Arc::new(Mutex::new(HashMap::new())),
             pinned,
             keep_layer_blobs: config.keep_layer_blobs,
+            leased: Arc::new(Mutex::new(HashMap::new())),
         };
         images.recover().await?;
         Ok(images)
@@ -157,8 +161,48 @@ impl Images {
     }
 
     /// Pulls `image` and returns its record. `deadline` bounds the whole
-    /// pull; the error then says the deadline passed.
+    /// pull; the error then says the deadline passed. A failed pull leaves
+    /// no layer that no image needs.
     pub async fn pull(
+        &self,
+        image: &str,
+        auth: Option<AuthConfig>,
+        deadline: Option<Instant>,
+    ) -> Result<ImageRecord> {
+        let pulled = self.pull_image(image, auth, deadline).await;
+        if pulled.is_err() {
+            if let Err(e) = self.collect_garbage().await {
+                tracing::warn!(error = %e, "cannot collect the layers of a failed pull");
+            }
+        }
+        pulled
+    }
+
+    /// Removes committed layers that neither an image nor a pull in
+    /// progress needs.
+    async fn collect_garbage(&self) -> Result<Vec<String>> {
+        let records = self.records.clone();
+        let snapshotter = self.snapshotter.clone();
+        let leased = self.leased.clone();
+        blocking(move || {
+            let mut referenced: HashSet<String> = records
+                .list()?
+                .into_iter()
+                .flat_map(|r| r.chain_ids)
+                .collect();
+            referenced.extend(
+                leased
+                    .lock()
+                    .expect("lease lock is never poisoned")
+                    .keys()
+                    .cloned(),
+            );
+            Ok(snapshotter.gc(referenced)?)
+        })
+        .await
+    }
+
+    async fn pull_image(
         &self,
         image: &str,
         auth: Option<AuthConfig>,
@@ -204,6 +248,10 @@ impl Images {
             });
         }
         let chain = chain_ids(diff_ids);
+        let _lease = Lease::new(
+            &self.leased,
+            chain.iter().map(ToString::to_string).collect(),
+        );
         self.unpack_layers(&session, &manifest.layers, diff_ids, &chain)
             .await?;
         if self.keep_layer_blobs {
@@ -493,15 +541,12 @@ impl Images {
     /// if there was none.
     pub async fn remove(&self, id: &str) -> Result<Option<ImageRecord>> {
         let records = self.records.clone();
-        let snapshotter = self.snapshotter.clone();
         let id = id.to_owned();
         let outcome = blocking(move || {
             let Some(removed) = records.remove(&id)? else {
                 return Ok(None);
             };
             let remaining = records.list()?;
-            let referenced: Vec<&String> = remaining.iter().flat_map(|r| &r.chain_ids).collect();
-            snapshotter.gc(referenced)?;
             let kept: HashSet<&String> = remaining.iter().flat_map(|r| &r.blobs).collect();
             let unused: Vec<String> = removed
                 .blobs
@@ -515,6 +560,7 @@ impl Images {
         let Some((removed, unused)) = outcome else {
             return Ok(None);
         };
+        self.collect_garbage().await?;
         for blob in unused {
             if let Ok(digest) = blob.parse::<Digest>() {
                 if let Err(e) = self.content.delete(&digest).await {
@@ -594,6 +640,39 @@ impl Drop for Flight {
             .lock()
             .expect("flight map lock is never poisoned");
         flights.remove(&self.chain_id);
+    }
+}
+
+/// Chain IDs a pull stands on, released when the pull ends.
+struct Lease {
+    leased: Arc<Mutex<HashMap<String, usize>>>,
+    chain_ids: Vec<String>,
+}
+
+impl Lease {
+    fn new(leased: &Arc<Mutex<HashMap<String, usize>>>, chain_ids: Vec<String>) -> Lease {
+        let mut map = leased.lock().expect("lease lock is never poisoned");
+        for id in &chain_ids {
+            *map.entry(id.clone()).or_default() += 1;
+        }
+        Lease {
+            leased: leased.clone(),
+            chain_ids,
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut map = self.leased.lock().expect("lease lock is never poisoned");
+        for id in &self.chain_ids {
+            if let Some(count) = map.get_mut(id) {
+                *count -= 1;
+                if *count == 0 {
+                    map.remove(id);
+                }
+            }
+        }
     }
 }
 
