@@ -438,7 +438,11 @@ impl Registry {
             mirrors,
         };
         let large_mib = large_mib.to_string();
-        let mut env = vec![("LARGE_MIB", large_mib.as_str())];
+        // A private build directory: the default one in /tmp is shared with
+        // every other user of build-and-push.sh on the machine, and a
+        // concurrent build there rewrites the layout under our push.
+        let images = registry.dir.join("images").to_string_lossy().into_owned();
+        let mut env = vec![("LARGE_MIB", large_mib.as_str()), ("OUT", images.as_str())];
         if let Some(only) = only {
             env.push(("ONLY", only));
         }
