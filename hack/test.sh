@@ -5,7 +5,7 @@
 #
 # Installs the prerequisites (hack/install.sh), then runs, stopping at the
 # first failure: cargo fmt --check, cargo clippy -D warnings, the unit and
-# integration tests, the e2e suite (crictl tests, image tests, then critest with the
+# integration tests, the e2e suite (crictl tests, image tests, pod tests, then critest with the
 # ratchet of e2e/critest-baseline), and a short smoke run of the benchmarks
 # (hack/bench/run.sh --short, figures to a temp dir) so they cannot rot. Needs root: tests create namespaces,
 # mounts and a loopback registry.
@@ -45,12 +45,16 @@ step "unit and integration tests"
 cargo test --workspace --locked --exclude berth-e2e
 
 step "e2e: crictl"
-cargo build --locked -p berth-agent
+# berthd finds the shim and berth-init beside itself.
+cargo build --locked -p berth-agent -p berth-shim
 export BERTHD="$REPO/target/debug/berthd"
 cargo test --locked -p berth-e2e --test crictl
 
 step "e2e: images (pull through mirrors, crash mid-pull)"
 cargo test --locked -p berth-e2e --test images
+
+step "e2e: pods and containers (crictl lifecycle, kill -9 of berthd)"
+cargo test --locked -p berth-e2e --test pods
 
 step "benchmarks, short smoke run (no figure is asserted)"
 bench_out=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-smoke.XXXXXX")

@@ -28,6 +28,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     create_private_dir(&config.root, 0o700)?;
     create_private_dir(&config.state, 0o711)?;
     let store = Store::open(&config.root)?;
+    let sandboxes = crate::sandbox::Sandboxes::load(&store)?;
+    let containers = crate::container::Containers::load(
+        &store,
+        crate::shim_client::ShimSettings {
+            agent_socket: config.socket_path(),
+            socket_dir: config.state.join("s"),
+            runtime_root: config.state.join("runc"),
+        },
+    )?;
     let cgroup_layout = CgroupLayout::detect()?;
     let cgroup_driver = choose_driver(config.cgroup.driver, systemd_running())?;
     let images = berth_imageservice::Images::open(berth_imageservice::ImagesConfig {
@@ -79,7 +88,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         cgroup_layout,
         cgroup_driver,
         images: Arc::new(images),
+        sandboxes,
+        containers,
     });
+    crate::recovery::recover(&state).await;
     let service = CriService::new(state.clone());
     tracing::info!(
         socket = %socket.path().display(),
@@ -102,6 +114,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
 
+    state.containers.stop_watchers().await;
     let _ = stop_metrics.send(());
     if let Some(task) = metrics_task {
         let _ = task.await;

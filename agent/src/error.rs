@@ -27,6 +27,27 @@ pub enum Error {
     Serve(#[from] tonic::transport::Error),
     #[error(transparent)]
     Image(#[from] berth_imageservice::Error),
+    /// A request field holds a value berth cannot use.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error(transparent)]
+    NameInUse(#[from] crate::store::name_index::NameInUse),
+    #[error(transparent)]
+    AmbiguousId(#[from] crate::store::records::AmbiguousId),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error(transparent)]
+    Container(#[from] crate::container::ContainerError),
+}
+
+impl Error {
+    /// An `InvalidArgument` naming the request field.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Shorthand for results of the agent.
@@ -52,7 +73,30 @@ impl From<Error> for tonic::Status {
                 };
                 tonic::Status::new(code, message)
             }
-            Error::Config(_) => tonic::Status::invalid_argument(message),
+            Error::Config(_) | Error::InvalidArgument { .. } | Error::AmbiguousId(_) => {
+                tonic::Status::invalid_argument(message)
+            }
+            Error::NameInUse(_) => tonic::Status::already_exists(message),
+            Error::Container(e) => tonic::Status::new(e.grpc_code(), message),
+            Error::Sandbox(e) => {
+                use crate::sandbox::files::FilesError;
+                use crate::sandbox::SandboxError as E;
+                let code = match e {
+                    E::NotFound(_) => tonic::Code::NotFound,
+                    E::NetworkNotReady(_) => tonic::Code::FailedPrecondition,
+                    E::Files(FilesError::Dns { .. }) => tonic::Code::InvalidArgument,
+                    E::Abandoned => tonic::Code::Cancelled,
+                    E::Namespace(_)
+                    | E::Files(_)
+                    | E::Cni(_)
+                    | E::Sysctl { .. }
+                    | E::Hostname { .. }
+                    | E::Init { .. }
+                    | E::CreateDir { .. }
+                    | E::RemoveDir { .. } => tonic::Code::Internal,
+                };
+                tonic::Status::new(code, message)
+            }
             Error::Store(crate::store::StoreError::InUse { .. }) => {
                 tonic::Status::unavailable(message)
             }

@@ -5,11 +5,13 @@
 //! [`store`], binds the CRI [`socket`] and the [`metrics`] endpoint and
 //! serves the CRI services of [`server`] until shutdown. [`cgroups`] detects
 //! the cgroup layout and driver, [`network`] pinned namespaces and CNI,
-//! [`sandbox`] the pod's files, [`container`] the CRI to OCI spec
-//! translation. Errors
+//! [`sandbox`] pod sandboxes, [`container`] containers and the CRI to OCI
+//! spec translation, [`shim_client`] their shims, [`recovery`] what
+//! start-up repairs, [`binaries`] where the helper binaries are. Errors
 //! are [`Error`], mapped to gRPC codes in one place (`error.rs`).
 #![forbid(unsafe_code)]
 
+pub mod binaries;
 pub mod cgroups;
 pub mod config;
 pub mod container;
@@ -17,8 +19,10 @@ pub mod daemon;
 mod error;
 pub mod metrics;
 pub mod network;
+pub mod recovery;
 pub mod sandbox;
 pub mod server;
+pub mod shim_client;
 pub mod socket;
 pub mod store;
 

@@ -1,29 +1,51 @@
-//! Containers of a pod: the translation of a CRI `ContainerConfig` into an
-//! OCI runtime spec (the bundle's `config.json`).
+//! Containers of a pod: their lifecycle through per-container shims, and
+//! the translation of a CRI `ContainerConfig` into an OCI runtime spec.
 //!
-//! Layout: [`build_container_spec`] (`spec.rs`) is the one entry point; it
-//! takes a [`SpecInput`] that carries the CRI request plus everything berth
-//! already knows about the pod, the image and the host ([`HostFacts`],
-//! `host.rs`). The rules live beside it: `user.rs` resolves users and groups
-//! against the image's `/etc/passwd` and `/etc/group`, `capabilities.rs` the
-//! capability sets, `mounts.rs` the mount list, `devices.rs` device nodes and
-//! the device cgroup, `seccomp.rs` the seccomp profile (with berth's built-in
-//! default). Every failure is a [`SpecError`] that names the CRI field.
+//! Layout: the CRI calls live in [`create`], [`start`], [`stop`],
+//! [`remove`], [`status`], [`list`], [`exec_sync`] and [`update`]
+//! (resources and log reopening); [`record`] holds the persisted
+//! [`ContainerRecord`] and the [`Containers`] of a berthd, [`exit`] learns
+//! of exits, [`teardown`] removes what a container holds, [`lifecycle`] is
+//! what the sandbox calls. Each container is run by its own shim
+//! (`crate::shim_client`), which outlives berthd.
+//!
+//! The spec: [`build_container_spec`] (`spec.rs`) is the one entry point;
+//! it takes a [`SpecInput`] that carries the CRI request plus everything
+//! berth already knows about the pod, the image and the host
+//! ([`HostFacts`], `host.rs`). The rules live beside it: `user.rs` resolves
+//! users and groups against the image's `/etc/passwd` and `/etc/group`,
+//! `capabilities.rs` the capability sets, `mounts.rs` the mount list,
+//! `devices.rs` device nodes and the device cgroup, `seccomp.rs` the
+//! seccomp profile (with berth's built-in default). Every failure is a
+//! [`SpecError`] that names the CRI field.
 //!
 //! The semantics follow containerd's CRI plugin
-//! (`internal/cri/server/container_create*.go`, `internal/cri/opts`), which
-//! is what critest and kubelet are tested against; where berth differs, the
+//! (`internal/cri/server/container_*.go`, `internal/cri/opts`), which is
+//! what critest and kubelet are tested against; where berth differs, the
 //! item says so.
 
 mod capabilities;
+pub mod create;
 mod devices;
+pub mod exec_sync;
+pub mod exit;
 mod host;
+pub mod lifecycle;
+pub mod list;
 mod mounts;
+pub mod record;
+pub mod remove;
 mod seccomp;
 mod spec;
+pub mod start;
+pub mod status;
+pub mod stop;
+pub mod teardown;
+pub mod update;
 mod user;
 
 pub use host::HostFacts;
+pub use record::{ContainerError, ContainerRecord, ContainerState, Containers};
 pub use spec::{
     build_container_spec, cgroups_path, ImageConfig, PodFiles, PodNamespaces, PodPidNamespace,
     SpecError, SpecInput,

@@ -579,7 +579,7 @@ fn namespaces(
     Ok(out)
 }
 
-fn linux_resources(
+pub(crate) fn linux_resources(
     resources: Option<&cri::LinuxContainerResources>,
     device_rules: Vec<oci_spec::runtime::LinuxDeviceCgroup>,
     host: &HostFacts,

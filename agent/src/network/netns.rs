@@ -151,33 +151,72 @@ pub fn is_pinned(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Pins the existing namespace file `source` (such as `/proc/<pid>/ns/pid`)
+/// at `path` (which must not exist) with a bind mount. On error nothing is
+/// left at `path`.
+pub fn pin_existing(source: &Path, path: &Path) -> Result<(), NamespaceError> {
+    std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|source| NamespaceError::Create {
+            kind: "pinned",
+            path: path.to_owned(),
+            source,
+        })?;
+    let mounted = mount(
+        Some(source),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|source| NamespaceError::Mount {
+        kind: "pinned",
+        path: path.to_owned(),
+        source,
+    });
+    if mounted.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    mounted
+}
+
 /// Runs `f` on a fresh OS thread that has joined the network namespace at
 /// `path`; the thread is discarded afterwards.
 pub fn run_in_network_namespace<T: Send + 'static>(
     path: &Path,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, NamespaceError> {
+    run_in_namespace(NamespaceKind::Network, path, f)
+}
+
+/// Runs `f` on a fresh OS thread that has joined the namespace of `kind` at
+/// `path`; the thread is discarded afterwards, so no other code ever runs
+/// in the namespace.
+pub fn run_in_namespace<T: Send + 'static>(
+    kind: NamespaceKind,
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NamespaceError> {
+    let name = kind.proc_name();
     let path = path.to_owned();
     let thread_path = path.clone();
     std::thread::Builder::new()
-        .name("berth-in-netns".to_owned())
+        .name(format!("berth-in-{name}ns"))
         .spawn(move || -> Result<T, NamespaceError> {
             let file =
                 std::fs::File::open(&thread_path).map_err(|source| NamespaceError::Create {
-                    kind: "net",
+                    kind: name,
                     path: thread_path.clone(),
                     source,
                 })?;
-            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| {
-                NamespaceError::Unshare {
-                    kind: "net",
-                    source,
-                }
-            })?;
+            nix::sched::setns(&file, kind.clone_flag())
+                .map_err(|source| NamespaceError::Unshare { kind: name, source })?;
             Ok(f())
         })
         .map_err(|source| NamespaceError::Create {
-            kind: "net",
+            kind: name,
             path: path.clone(),
             source,
         })?
@@ -244,5 +283,47 @@ mod tests {
         // This thread never moved.
         assert_ne!(inode_of("/proc/thread-self/ns/net"), pinned);
         remove(&path).expect("remove");
+    }
+
+    #[test]
+    fn code_runs_inside_ipc_and_uts_namespaces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let uts = dir.path().join("uts");
+        create(NamespaceKind::Uts, &uts).expect("create");
+        let host = nix::unistd::gethostname().expect("hostname");
+        let seen = run_in_namespace(NamespaceKind::Uts, &uts, || {
+            nix::unistd::sethostname("berth-unit").expect("sethostname");
+            nix::unistd::gethostname().expect("hostname")
+        })
+        .expect("run inside");
+        assert_eq!(seen, "berth-unit");
+        assert_eq!(nix::unistd::gethostname().expect("hostname"), host);
+        let again = run_in_namespace(NamespaceKind::Uts, &uts, || {
+            nix::unistd::gethostname().expect("hostname")
+        })
+        .expect("run inside");
+        assert_eq!(again, "berth-unit", "the pinned namespace keeps it");
+        remove(&uts).expect("remove");
+    }
+
+    #[test]
+    fn existing_namespaces_are_pinned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pid");
+        pin_existing(Path::new("/proc/self/ns/pid"), &path).expect("pin");
+        assert!(is_pinned(&path));
+        assert_eq!(
+            std::fs::metadata(&path)
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.ino()
+                })
+                .expect("stat"),
+            inode_of("/proc/self/ns/pid")
+        );
+        remove(&path).expect("remove");
+        assert!(!path.exists());
+        assert!(pin_existing(Path::new("/nonexistent/ns"), &path).is_err());
+        assert!(!path.exists(), "nothing left after a failed pin");
     }
 }

@@ -22,6 +22,10 @@ pub struct AgentState {
     pub cgroup_layout: CgroupLayout,
     pub cgroup_driver: CgroupDriver,
     pub images: Arc<berth_imageservice::Images>,
+    /// Pod sandboxes: records, names, per-pod locks.
+    pub sandboxes: crate::sandbox::Sandboxes,
+    /// Containers: records, names, per-container locks, shim clients.
+    pub containers: crate::container::Containers,
 }
 
 /// The CRI services, both backed by one [`AgentState`].

@@ -1,6 +1,7 @@
 //! `RuntimeService`: pods, containers, streaming, stats, runtime status.
 
 use super::{runtime_status, unimplemented, unimplemented_rpcs, CriService, ResponseStream};
+use crate::{container, sandbox};
 use berth_proto::cri::v1 as cri;
 use berth_proto::cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
@@ -29,21 +30,126 @@ impl RuntimeService for CriService {
         Ok(Response::new(runtime_status::runtime_config(&self.state)))
     }
 
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        let pod_sandbox_id = sandbox::run::run(&self.state, request.into_inner()).await?;
+        Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        sandbox::stop::stop(&self.state, &request.into_inner().pod_sandbox_id).await?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        sandbox::remove::remove(&self.state, &request.into_inner().pod_sandbox_id).await?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        let request = request.into_inner();
+        let status =
+            sandbox::status::status(&self.state, &request.pod_sandbox_id, request.verbose)?;
+        Ok(Response::new(status))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        let filter = request.into_inner().filter;
+        let items = sandbox::list::list(&self.state, filter.as_ref());
+        Ok(Response::new(cri::ListPodSandboxResponse { items }))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        let container_id = container::create::create(&self.state, request.into_inner()).await?;
+        Ok(Response::new(cri::CreateContainerResponse { container_id }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        container::start::start(&self.state, &request.into_inner().container_id).await?;
+        Ok(Response::new(cri::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        let request = request.into_inner();
+        container::stop::stop(&self.state, &request.container_id, request.timeout).await?;
+        Ok(Response::new(cri::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        container::remove::remove(&self.state, &request.into_inner().container_id).await?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        let filter = request.into_inner().filter;
+        let containers = container::list::list(&self.state, filter.as_ref());
+        Ok(Response::new(cri::ListContainersResponse { containers }))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        let request = request.into_inner();
+        let status =
+            container::status::status(&self.state, &request.container_id, request.verbose)?;
+        Ok(Response::new(status))
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        container::update::update_resources(&self.state, request.into_inner()).await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        container::update::reopen_log(&self.state, &request.into_inner().container_id).await?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        let response = container::exec_sync::exec_sync(&self.state, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
     unimplemented_rpcs! {
-        run_pod_sandbox(cri::RunPodSandboxRequest) -> cri::RunPodSandboxResponse;
-        stop_pod_sandbox(cri::StopPodSandboxRequest) -> cri::StopPodSandboxResponse;
-        remove_pod_sandbox(cri::RemovePodSandboxRequest) -> cri::RemovePodSandboxResponse;
-        pod_sandbox_status(cri::PodSandboxStatusRequest) -> cri::PodSandboxStatusResponse;
-        list_pod_sandbox(cri::ListPodSandboxRequest) -> cri::ListPodSandboxResponse;
-        create_container(cri::CreateContainerRequest) -> cri::CreateContainerResponse;
-        start_container(cri::StartContainerRequest) -> cri::StartContainerResponse;
-        stop_container(cri::StopContainerRequest) -> cri::StopContainerResponse;
-        remove_container(cri::RemoveContainerRequest) -> cri::RemoveContainerResponse;
-        list_containers(cri::ListContainersRequest) -> cri::ListContainersResponse;
-        container_status(cri::ContainerStatusRequest) -> cri::ContainerStatusResponse;
-        update_container_resources(cri::UpdateContainerResourcesRequest) -> cri::UpdateContainerResourcesResponse;
-        reopen_container_log(cri::ReopenContainerLogRequest) -> cri::ReopenContainerLogResponse;
-        exec_sync(cri::ExecSyncRequest) -> cri::ExecSyncResponse;
         exec(cri::ExecRequest) -> cri::ExecResponse;
         attach(cri::AttachRequest) -> cri::AttachResponse;
         port_forward(cri::PortForwardRequest) -> cri::PortForwardResponse;
@@ -63,17 +169,27 @@ impl RuntimeService for CriService {
     type StreamPodSandboxesStream = ResponseStream<cri::StreamPodSandboxesResponse>;
     async fn stream_pod_sandboxes(
         &self,
-        _request: Request<cri::StreamPodSandboxesRequest>,
+        request: Request<cri::StreamPodSandboxesRequest>,
     ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
-        Err(unimplemented("stream_pod_sandboxes"))
+        let filter = request.into_inner().filter;
+        let items = sandbox::list::list(&self.state, filter.as_ref());
+        let pages = pages(items, |pod_sandboxes| cri::StreamPodSandboxesResponse {
+            pod_sandboxes,
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(pages))))
     }
 
     type StreamContainersStream = ResponseStream<cri::StreamContainersResponse>;
     async fn stream_containers(
         &self,
-        _request: Request<cri::StreamContainersRequest>,
+        request: Request<cri::StreamContainersRequest>,
     ) -> Result<Response<Self::StreamContainersStream>, Status> {
-        Err(unimplemented("stream_containers"))
+        let filter = request.into_inner().filter;
+        let items = container::list::list(&self.state, filter.as_ref());
+        let pages = pages(items, |containers| cri::StreamContainersResponse {
+            containers,
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(pages))))
     }
 
     type StreamContainerStatsStream = ResponseStream<cri::StreamContainerStatsResponse>;
@@ -107,4 +223,20 @@ impl RuntimeService for CriService {
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         Err(unimplemented("get_container_events"))
     }
+}
+
+/// Items per message of the streaming list RPCs: a few hundred summaries
+/// stay far below gRPC's message size cap, however many a node holds.
+const STREAM_PAGE: usize = 200;
+
+/// Splits a listing into stream messages; an empty listing is one empty
+/// message, so the client still sees an answer.
+fn pages<T: Clone, M>(items: Vec<T>, message: impl Fn(Vec<T>) -> M) -> Vec<Result<M, Status>> {
+    if items.is_empty() {
+        return vec![Ok(message(Vec::new()))];
+    }
+    items
+        .chunks(STREAM_PAGE)
+        .map(|page| Ok(message(page.to_vec())))
+        .collect()
 }

@@ -12,7 +12,10 @@
 //! a schema bump. Each write is one redb transaction: it is either wholly on
 //! disk or not at all, whatever moment berthd is killed.
 
+pub mod locks;
 pub mod name_index;
+pub mod proto;
+pub mod records;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -1,0 +1,107 @@
+//! StartContainer: start a created container's init through its shim.
+//! When the runtime cannot start it (say, the command does not exist), the
+//! container is recorded as exited with reason `StartError` and the error
+//! returned, as containerd does.
+
+use super::exit;
+use super::record::{state_name, ContainerError, ContainerState};
+use crate::sandbox::SandboxState;
+use crate::server::AgentState;
+use crate::{Error, Result};
+use std::sync::Arc;
+
+/// Starts container `id` (an id or a unique prefix).
+pub async fn start(state: &Arc<AgentState>, id: &str) -> Result<()> {
+    let found = state
+        .containers
+        .records
+        .find(id)?
+        .filter(|r| r.state != ContainerState::Creating)
+        .ok_or_else(|| ContainerError::NotFound(id.to_owned()))?;
+    let _lock = state.containers.locks.lock(&found.id).await;
+    let record = state
+        .containers
+        .records
+        .get(&found.id)
+        .ok_or_else(|| ContainerError::NotFound(id.to_owned()))?;
+    if record.state != ContainerState::Created {
+        return Err(ContainerError::WrongState {
+            id: record.id.clone(),
+            state: state_name(record.state),
+            what: "only a created container can be started",
+        }
+        .into());
+    }
+    let sandbox_ready = state
+        .sandboxes
+        .records
+        .get(&record.sandbox_id)
+        .is_some_and(|s| s.state == SandboxState::Ready);
+    if !sandbox_ready {
+        return Err(ContainerError::SandboxNotReady(record.sandbox_id.clone()).into());
+    }
+    let client = state
+        .containers
+        .client(&record)
+        .await
+        .map_err(ContainerError::from)?;
+    let started = client.start("").await;
+    let store_state = state.clone();
+    let key = record.id.clone();
+    let now = crate::sandbox::now_nanos();
+    let outcome = match &started {
+        Ok(pid) => {
+            let pid = *pid;
+            tokio::task::spawn_blocking(move || {
+                store_state
+                    .containers
+                    .records
+                    .update(&store_state.store, &key, |r| {
+                        if r.state == ContainerState::Created {
+                            r.state = ContainerState::Running;
+                            r.started_at = now;
+                            r.pid = pid;
+                        }
+                    })
+            })
+            .await
+        }
+        Err(e) => {
+            let message = e.to_string();
+            tokio::task::spawn_blocking(move || {
+                store_state
+                    .containers
+                    .records
+                    .update(&store_state.store, &key, |r| {
+                        r.state = ContainerState::Exited;
+                        r.exit_code = 128;
+                        r.finished_at = now;
+                        r.reason = "StartError".to_owned();
+                        r.message = message;
+                    })
+            })
+            .await
+        }
+    };
+    outcome
+        .expect("store writes do not panic")
+        .map_err(Error::from)?;
+    match started {
+        Ok(pid) => {
+            tracing::info!(id = %record.id, pid, "container started");
+            Ok(())
+        }
+        Err(e) => {
+            exit::finish(
+                state,
+                &record.id,
+                exit::Exit {
+                    status: 128,
+                    at: now,
+                },
+            )
+            .await;
+            Err(ContainerError::from(e).into())
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Removing a container and everything it holds: its task and shim, its
+//! rootfs mount, snapshot and bundle, its record and name. Shared by
+//! RemoveContainer, the rollback of a failed CreateContainer and recovery;
+//! every step tolerates what is already gone.
+
+use super::record::{ContainerRecord, ContainerState};
+use crate::server::AgentState;
+use crate::shim_client;
+use crate::{Error, Result};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a killed container may take to be reaped before its task is
+/// deleted anyway.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Removes the container of `record` entirely.
+pub async fn remove(state: &Arc<AgentState>, record: &ContainerRecord) -> Result<()> {
+    release_shim(state, record).await;
+    let blocking_state = state.clone();
+    let id = record.id.clone();
+    let bundle = record.bundle.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let mounts = crate::sandbox::teardown::mounts_under(&bundle);
+        for mount in mounts.iter().rev() {
+            let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        match blocking_state.images.snapshotter().remove(&id) {
+            Ok(()) | Err(berth_snapshotter::Error::NotFound { .. }) => {}
+            Err(e) => return Err(super::ContainerError::from(e).into()),
+        }
+        match std::fs::remove_dir_all(&bundle) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(super::ContainerError::io(&bundle, e).into()),
+        }
+        blocking_state
+            .containers
+            .records
+            .delete(&blocking_state.store, &id)
+            .map_err(Error::from)
+    })
+    .await
+    .expect("container teardown does not panic")?;
+    state.containers.names.release(&record.name, &record.id);
+    Ok(())
+}
+
+/// Makes sure no process and no shim of the container is left: kills and
+/// deletes the task and shuts the shim down, or cleans up after a shim that
+/// died.
+pub async fn release_shim(state: &Arc<AgentState>, record: &ContainerRecord) {
+    let id = record.id.as_str();
+    match state.containers.client(record).await {
+        Ok(client) => {
+            if record.state != ContainerState::Exited {
+                let _ = client
+                    .kill("", nix::sys::signal::Signal::SIGKILL as u32, true)
+                    .await;
+                let _ = tokio::time::timeout(KILL_WAIT, client.wait("")).await;
+            }
+            match client.delete("").await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() || e.is_unreachable() => {}
+                Err(e) => tracing::warn!(id, error = %e, "cannot delete the task"),
+            }
+            let _ = client.shutdown(true).await;
+        }
+        Err(_) if record.state != ContainerState::Exited && record.address_file().exists() => {
+            if let Err(e) =
+                shim_client::cleanup_dead(&state.containers.shim, id, &record.bundle).await
+            {
+                tracing::warn!(id, error = %e, "cannot clean up after a dead shim");
+            }
+        }
+        Err(_) => {}
+    }
+    state.containers.forget_client(id);
+}

@@ -1,0 +1,117 @@
+//! UpdateContainerResources and ReopenContainerLog, both through the
+//! shim's `update`.
+//!
+//! New resources are translated as at create (`spec::linux_resources`,
+//! without device rules, which `runc update` does not change), applied to
+//! the container's cgroup by the runtime, then recorded so ContainerStatus
+//! reports them. A container that is not running (or created) has no
+//! cgroup to update.
+
+use super::record::{state_name, ContainerError, ContainerRecord, ContainerState};
+use super::spec::linux_resources;
+use super::HostFacts;
+use crate::server::AgentState;
+use crate::shim_client::ShimClient;
+use crate::{Error, Result};
+use berth_proto::cri::v1 as cri;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The shim annotation that reopens the container's log (see
+/// `shim/src/task.rs`).
+pub const REOPEN_LOG_ANNOTATION: &str = "io.berth.shim.reopen-log";
+
+/// Applies new resources to a created or running container.
+pub async fn update_resources(
+    state: &Arc<AgentState>,
+    request: cri::UpdateContainerResourcesRequest,
+) -> Result<()> {
+    let resources = request
+        .linux
+        .ok_or_else(|| Error::invalid("linux", "is required on Linux"))?;
+    let found = find(state, &request.container_id)?;
+    let _lock = state.containers.locks.lock(&found.id).await;
+    let record = state
+        .containers
+        .records
+        .get(&found.id)
+        .ok_or_else(|| ContainerError::NotFound(found.id.clone()))?;
+    let client = live_client(
+        state,
+        &record,
+        &[ContainerState::Created, ContainerState::Running],
+        "resources of an exited container cannot change",
+    )
+    .await?;
+    let host = HostFacts::detect(&state.cgroup_layout).map_err(ContainerError::from)?;
+    let mut oci = linux_resources(Some(&resources), Vec::new(), &host);
+    oci.set_devices(None);
+    let json = serde_json::to_vec(&oci).expect("OCI resources always serialise");
+    client
+        .update(Some(json), HashMap::new())
+        .await
+        .map_err(ContainerError::from)?;
+    let store_state = state.clone();
+    let id = record.id.clone();
+    tokio::task::spawn_blocking(move || {
+        store_state
+            .containers
+            .records
+            .update(&store_state.store, &id, |r| r.resources = resources)
+    })
+    .await
+    .expect("store writes do not panic")
+    .map_err(Error::from)?;
+    Ok(())
+}
+
+/// Makes the shim reopen the container's CRI log file (after kubelet
+/// rotated it).
+pub async fn reopen_log(state: &Arc<AgentState>, id: &str) -> Result<()> {
+    let record = find(state, id)?;
+    let client = live_client(
+        state,
+        &record,
+        &[ContainerState::Running],
+        "only a running container writes its log",
+    )
+    .await?;
+    client
+        .update(
+            None,
+            HashMap::from([(REOPEN_LOG_ANNOTATION.to_owned(), "true".to_owned())]),
+        )
+        .await
+        .map_err(ContainerError::from)?;
+    Ok(())
+}
+
+fn find(state: &AgentState, id: &str) -> Result<ContainerRecord> {
+    Ok(state
+        .containers
+        .records
+        .find(id)?
+        .filter(|r| r.state != ContainerState::Creating)
+        .ok_or_else(|| ContainerError::NotFound(id.to_owned()))?)
+}
+
+async fn live_client(
+    state: &AgentState,
+    record: &ContainerRecord,
+    allowed: &[ContainerState],
+    what: &'static str,
+) -> Result<ShimClient> {
+    if !allowed.contains(&record.state) {
+        return Err(ContainerError::WrongState {
+            id: record.id.clone(),
+            state: state_name(record.state),
+            what,
+        }
+        .into());
+    }
+    Ok(state
+        .containers
+        .client(record)
+        .await
+        .map_err(ContainerError::from)?)
+}

@@ -1,0 +1,245 @@
+//! Start-up recovery: make memory, the store and the host agree again
+//! after berthd stopped, crashed or the node rebooted.
+//!
+//! Assumptions (what the rest of berthd guarantees so this can work):
+//!
+//! - Every create path writes its record before it makes anything (state
+//!   `Creating`), and deletes the record only after everything is gone. So
+//!   every kernel object berth made is reachable from a record, and a
+//!   `Creating` record marks work a crash interrupted.
+//! - Every teardown step is idempotent and tolerates objects that are
+//!   already gone (a reboot empties the state dir, which is volatile, while
+//!   the store under the root dir survives).
+//! - Sandboxes hold no process but the optional PID init; their namespaces
+//!   are bind mounts. A Ready sandbox whose namespace mounts or init are
+//!   gone (reboot, or someone killed the init) can never run a container
+//!   again, so it is stopped: its network is detached (freeing its IP,
+//!   whose reservation lives on persistent disk) and it becomes NotReady,
+//!   which tells kubelet to make a new one.
+//! - Containers belong to their shims, which outlive berthd: a shim that
+//!   still answers (at the address it wrote into the bundle) keeps its
+//!   container, and berthd starts watching it again (`wait` returns at once
+//!   for a container that exited meanwhile). A shim that does not answer
+//!   died: its `delete` action kills what is left of the container and
+//!   reports the exit it persisted (`exit.json`), or 137; the container is
+//!   recorded as exited with that code.
+//! - A container is recorded `Running` only after its shim started it; if
+//!   berthd died in between, the shim's state says so and the record is
+//!   brought up to date.
+//!
+//! Recovery runs before the CRI socket serves, one object at a time, and
+//! logs what it could not repair instead of failing start-up: the objects
+//! stay in their state and the next start tries again.
+
+use crate::container::{self, ContainerState};
+use crate::network::netns;
+use crate::sandbox::{pid_init, teardown, SandboxRecord, SandboxState};
+use crate::server::AgentState;
+use containerd_shim_protos::types::task::Status as TaskStatus;
+use std::sync::Arc;
+
+/// Recovers every container, then every sandbox of the store.
+pub async fn recover(state: &Arc<AgentState>) {
+    recover_containers(state).await;
+    recover_sandboxes(state).await;
+}
+
+async fn recover_containers(state: &Arc<AgentState>) {
+    for record in state.containers.records.list() {
+        let id = record.id.as_str();
+        match record.state {
+            ContainerState::Creating => {
+                tracing::info!(
+                    id,
+                    "rolling back a container whose creation was interrupted"
+                );
+                if let Err(e) = container::teardown::remove(state, &record).await {
+                    tracing::warn!(id, error = %e, "cannot roll back an interrupted container");
+                }
+            }
+            ContainerState::Created | ContainerState::Running => {
+                match state.containers.client(&record).await {
+                    Ok(client) => {
+                        if record.state == ContainerState::Created {
+                            if let Ok(task) = client.state("").await {
+                                if task.status.enum_value() == Ok(TaskStatus::RUNNING) {
+                                    mark_running(state, id, task.pid).await;
+                                }
+                            }
+                        }
+                        container::exit::watch(state, id);
+                    }
+                    Err(e) => {
+                        container::exit::shim_gone(
+                            state,
+                            id,
+                            &format!("it did not answer when berthd started: {e}"),
+                        )
+                        .await
+                    }
+                }
+            }
+            ContainerState::Exited => {
+                // berthd may have died between recording the exit and
+                // letting the shim go.
+                if let Ok(client) = state.containers.client(&record).await {
+                    let _ = client.delete("").await;
+                    let _ = client.shutdown(false).await;
+                }
+                state.containers.forget_client(id);
+            }
+        }
+    }
+    remove_orphan_bundles(state).await;
+}
+
+async fn mark_running(state: &Arc<AgentState>, id: &str, pid: u32) {
+    let store_state = state.clone();
+    let key = id.to_owned();
+    let now = crate::sandbox::now_nanos();
+    let updated = tokio::task::spawn_blocking(move || {
+        store_state
+            .containers
+            .records
+            .update(&store_state.store, &key, |r| {
+                if r.state == ContainerState::Created {
+                    r.state = ContainerState::Running;
+                    r.started_at = now;
+                    r.pid = pid;
+                }
+            })
+    })
+    .await
+    .expect("store writes do not panic");
+    if let Err(e) = updated {
+        tracing::warn!(id, error = %e, "cannot record that a container runs");
+    }
+}
+
+/// Bundles without a record (the store was replaced): a live shim is shut
+/// down, a dead one cleaned up, mounts released, the directory removed.
+async fn remove_orphan_bundles(state: &Arc<AgentState>) {
+    let parent = state.config.state.join("containers");
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if state.containers.records.get(&id).is_some() {
+            continue;
+        }
+        let bundle = entry.path();
+        tracing::info!(bundle = %bundle.display(), "removing a container bundle without a record");
+        if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+            match crate::shim_client::ShimClient::connect(&id, address.trim()).await {
+                Ok(client) => {
+                    let _ = client
+                        .kill("", nix::sys::signal::Signal::SIGKILL as u32, true)
+                        .await;
+                    let _ = client.wait("").await;
+                    let _ = client.delete("").await;
+                    let _ = client.shutdown(true).await;
+                }
+                Err(_) => {
+                    let _ = crate::shim_client::cleanup_dead(&state.containers.shim, &id, &bundle)
+                        .await;
+                }
+            }
+        }
+        let orphan = bundle.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for mount in teardown::mounts_under(&orphan).iter().rev() {
+                let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
+            }
+        })
+        .await;
+        if teardown::mounts_under(&bundle).is_empty() {
+            if let Err(e) = std::fs::remove_dir_all(&bundle) {
+                tracing::warn!(bundle = %bundle.display(), error = %e, "cannot remove an orphan bundle");
+            }
+        }
+    }
+}
+
+async fn recover_sandboxes(state: &Arc<AgentState>) {
+    for record in state.sandboxes.records.list() {
+        match record.state {
+            SandboxState::Creating => {
+                tracing::info!(id = %record.id, "rolling back a sandbox whose creation was interrupted");
+                remove_sandbox(state, &record).await;
+            }
+            SandboxState::Ready if !sandbox_alive(&record) => {
+                tracing::info!(id = %record.id, "the sandbox lost its namespaces or init: stopping it");
+                if let Err(e) = crate::sandbox::stop::stop(state, &record.id).await {
+                    tracing::warn!(id = %record.id, error = %e, "cannot stop a dead sandbox");
+                }
+            }
+            SandboxState::Ready | SandboxState::NotReady => {}
+        }
+    }
+    remove_orphan_dirs(state).await;
+}
+
+/// True when every namespace of a Ready sandbox is still pinned and its
+/// init (if any) runs.
+pub fn sandbox_alive(record: &SandboxRecord) -> bool {
+    let ns = &record.namespaces;
+    let pinned = [&ns.net, &ns.ipc, &ns.uts, &ns.pid]
+        .into_iter()
+        .flatten()
+        .all(|path| netns::is_pinned(path));
+    pinned && record.init_pid.is_none_or(pid_init::is_berth_init)
+}
+
+async fn remove_sandbox(state: &Arc<AgentState>, record: &SandboxRecord) {
+    if let Err(e) = teardown::release(&state.config.cni.bin_dirs, record).await {
+        tracing::warn!(id = %record.id, error = %e, "cannot release an interrupted sandbox");
+        return;
+    }
+    if let Err(e) = teardown::remove_dir(&record.dir).await {
+        tracing::warn!(id = %record.id, error = %e, "cannot remove an interrupted sandbox's dir");
+        return;
+    }
+    let store_state = state.clone();
+    let id = record.id.clone();
+    let deleted = tokio::task::spawn_blocking(move || {
+        store_state
+            .sandboxes
+            .records
+            .delete(&store_state.store, &id)
+    })
+    .await
+    .expect("store writes do not panic");
+    if let Err(e) = deleted {
+        tracing::warn!(id = %record.id, error = %e, "cannot delete an interrupted sandbox's record");
+    }
+}
+
+/// Sandbox directories without a record (the store was replaced): their
+/// mounts are released and the directories removed.
+async fn remove_orphan_dirs(state: &Arc<AgentState>) {
+    let parent = state.config.state.join("sandboxes");
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if state.sandboxes.records.get(&id).is_some() {
+            continue;
+        }
+        let dir = entry.path();
+        tracing::info!(dir = %dir.display(), "removing a sandbox dir without a record");
+        let orphan = dir.clone();
+        let released = tokio::task::spawn_blocking(move || {
+            for mount in teardown::mounts_under(&orphan).iter().rev() {
+                let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
+            }
+        })
+        .await;
+        if released.is_ok() {
+            if let Err(e) = teardown::remove_dir(&dir).await {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an orphan sandbox dir");
+            }
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! RemovePodSandbox: stop the sandbox if it runs, remove its containers,
+//! its directory and its record, and release its name. Removing an unknown
+//! sandbox succeeds, as kubelet expects.
+
+use super::{stop, teardown};
+use crate::server::AgentState;
+use crate::{Error, Result};
+use std::sync::Arc;
+
+/// Removes the sandbox `id` (an id or a unique prefix).
+pub async fn remove(state: &Arc<AgentState>, id: &str) -> Result<()> {
+    let Some(found) = state.sandboxes.records.find(id)? else {
+        return Ok(());
+    };
+    let _lock = state.sandboxes.locks.lock(&found.id).await;
+    let Some(record) = state.sandboxes.records.get(&found.id) else {
+        return Ok(());
+    };
+    stop::stop_locked(state, record.clone()).await?;
+    let record = state.sandboxes.records.get(&found.id).unwrap_or(record);
+    crate::container::lifecycle::remove_all_in_sandbox(state, &record.id).await?;
+    // Release again: a sandbox stopped before a crash may have been
+    // half-released; every step is idempotent.
+    teardown::release(&state.config.cni.bin_dirs, &record).await?;
+    teardown::remove_dir(&record.dir).await?;
+    let store_state = state.clone();
+    let key = record.id.clone();
+    tokio::task::spawn_blocking(move || {
+        store_state
+            .sandboxes
+            .records
+            .delete(&store_state.store, &key)
+    })
+    .await
+    .expect("store writes do not panic")
+    .map_err(Error::from)?;
+    state.sandboxes.names.release(&record.name, &record.id);
+    tracing::info!(id = %record.id, "pod sandbox removed");
+    Ok(())
+}

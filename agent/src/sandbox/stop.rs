@@ -1,0 +1,54 @@
+//! StopPodSandbox: stop every container of the pod, then release the
+//! sandbox's network, namespaces, `/dev/shm` and init
+//! ([`super::teardown::release`]); the record becomes `NotReady`. Stopping
+//! an unknown or stopped sandbox succeeds, as kubelet expects.
+
+use super::{teardown, SandboxRecord, SandboxState};
+use crate::server::AgentState;
+use crate::{Error, Result};
+use std::sync::Arc;
+
+/// Stops the sandbox `id` (an id or a unique prefix).
+pub async fn stop(state: &Arc<AgentState>, id: &str) -> Result<()> {
+    let Some(found) = state.sandboxes.records.find(id)? else {
+        return Ok(());
+    };
+    let _lock = state.sandboxes.locks.lock(&found.id).await;
+    // Re-read under the lock: a remove may have won.
+    let Some(record) = state.sandboxes.records.get(&found.id) else {
+        return Ok(());
+    };
+    stop_locked(state, record).await
+}
+
+/// Stops a sandbox whose lock the caller holds.
+pub(super) async fn stop_locked(state: &Arc<AgentState>, record: SandboxRecord) -> Result<()> {
+    if record.state == SandboxState::Creating {
+        // Only recovery sees these; it removes them instead.
+        return Ok(());
+    }
+    crate::container::lifecycle::stop_all_in_sandbox(state, &record.id).await?;
+    teardown::release(&state.config.cni.bin_dirs, &record).await?;
+    if record.state == SandboxState::NotReady && record.network.as_ref().is_none_or(|n| n.detached)
+    {
+        return Ok(());
+    }
+    let store_state = state.clone();
+    let id = record.id.clone();
+    tokio::task::spawn_blocking(move || {
+        store_state
+            .sandboxes
+            .records
+            .update(&store_state.store, &id, |r| {
+                r.state = SandboxState::NotReady;
+                if let Some(network) = r.network.as_mut() {
+                    network.detached = true;
+                }
+            })
+    })
+    .await
+    .expect("store writes do not panic")
+    .map_err(Error::from)?;
+    tracing::info!(id = %record.id, "pod sandbox stopped");
+    Ok(())
+}

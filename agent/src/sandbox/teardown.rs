@@ -1,0 +1,96 @@
+//! Releasing what a sandbox holds. Shared by StopPodSandbox,
+//! RemovePodSandbox, the rollback of a failed RunPodSandbox and recovery,
+//! so every step tolerates what is already gone and may run again after a
+//! crash.
+
+use super::{files, network, pid_init, SandboxError, SandboxRecord};
+use crate::network::netns;
+use std::path::{Path, PathBuf};
+
+/// Stops the pod's init, detaches its network, unmounts its `/dev/shm` and
+/// removes its namespaces. The network is detached only once (the record
+/// says whether it was); everything else is idempotent.
+pub async fn release(bin_dirs: &[PathBuf], record: &SandboxRecord) -> Result<(), SandboxError> {
+    pid_init::stop(&record.dir, record.init_pid).await;
+    if let (Some(net), Some(netns)) = (&record.network, &record.namespaces.net) {
+        if !net.detached {
+            network::detach(record, netns, bin_dirs).await;
+        }
+    }
+    let paths = record.file_paths();
+    let namespaces = record.namespaces.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), SandboxError> {
+        files::unmount_shm(&paths.shm)?;
+        for ns in [
+            namespaces.net,
+            namespaces.ipc,
+            namespaces.uts,
+            namespaces.pid,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            netns::remove(&ns)?;
+        }
+        Ok(())
+    })
+    .await
+    .expect("releasing mounts does not panic")
+}
+
+/// Removes the sandbox directory; refuses while anything is still mounted
+/// below it, so a mount is never deleted through.
+pub async fn remove_dir(dir: &Path) -> Result<(), SandboxError> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mounted = mounts_under(&dir);
+        if let Some(mount) = mounted.first() {
+            return Err(SandboxError::RemoveDir {
+                path: dir.clone(),
+                source: std::io::Error::other(format!("{mount} is still mounted")),
+            });
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(SandboxError::RemoveDir { path: dir, source }),
+        }
+    })
+    .await
+    .expect("removing a directory does not panic")
+}
+
+/// Mount points at or below `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|mount_point| Path::new(mount_point).starts_with(dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn remove_dir_refuses_mounted_directories() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sandbox = dir.path().join("sb");
+        std::fs::create_dir(&sandbox).expect("mkdir");
+        let shm = sandbox.join("shm");
+        files::mount_shm(&shm, 1024 * 1024).expect("mount");
+        std::fs::write(shm.join("keep"), b"x").expect("write");
+        let err = remove_dir(&sandbox).await.expect_err("mounted");
+        assert!(err.to_string().contains("still mounted"), "{err}");
+        assert!(
+            shm.join("keep").exists(),
+            "nothing deleted through the mount"
+        );
+        files::unmount_shm(&shm).expect("unmount");
+        remove_dir(&sandbox).await.expect("remove");
+        assert!(!sandbox.exists());
+        remove_dir(&sandbox).await.expect("again");
+    }
+}

@@ -1,0 +1,492 @@
+//! Talking to a container's shim (`containerd-shim-berth-v2`, `shim/`).
+//!
+//! Layout: [`launch`] runs the shim's `start` action, which leaves a shim
+//! server running outside berthd's process tree and writes its address to
+//! `<bundle>/address`; [`ShimClient`] is a ttrpc task client on that
+//! address; [`cleanup_dead`] runs the `delete` action for a shim that died.
+//!
+//! Every shim of one berthd gets the same namespace ([`NAMESPACE`]), the
+//! CRI socket as `-address` and `$BERTH_SHIM_SOCKET_DIR=<state>/s`, so two
+//! berthds on one host (tests) never share a shim socket; its OCI runtime
+//! keeps state under `<state>/runc`.
+
+use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use containerd_shim_protos::shim::oci::Options;
+use containerd_shim_protos::shim_async::{Client, TaskClient};
+use containerd_shim_protos::ttrpc;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The shim namespace of berth's containers.
+pub const NAMESPACE: &str = "berth";
+/// The environment variable naming the shim socket directory.
+pub const SOCKET_DIR_ENV: &str = "BERTH_SHIM_SOCKET_DIR";
+/// How long an ordinary task call may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a shim could not be launched or answered with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("the shim binary {0} is not installed beside berthd or on PATH")]
+    NotInstalled(&'static str),
+    #[error("cannot launch the shim of {id}: {reason}")]
+    Launch { id: String, reason: String },
+    #[error("cannot connect to the shim of {id} at {address}: {reason}")]
+    Connect {
+        id: String,
+        address: String,
+        reason: String,
+    },
+    /// The shim answered with an error status.
+    #[error("shim {rpc} of {id}: {message}")]
+    Status {
+        rpc: &'static str,
+        id: String,
+        code: ttrpc::Code,
+        message: String,
+    },
+    /// The connection failed (the shim died or went away).
+    #[error("shim {rpc} of {id}: {reason}")]
+    Transport {
+        rpc: &'static str,
+        id: String,
+        reason: String,
+    },
+}
+
+impl ShimError {
+    /// The gRPC code the shim's answer stands for.
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self {
+            Self::Status { code, .. } => match code {
+                ttrpc::Code::NOT_FOUND => tonic::Code::NotFound,
+                ttrpc::Code::INVALID_ARGUMENT => tonic::Code::InvalidArgument,
+                ttrpc::Code::ALREADY_EXISTS => tonic::Code::AlreadyExists,
+                ttrpc::Code::FAILED_PRECONDITION => tonic::Code::FailedPrecondition,
+                ttrpc::Code::DEADLINE_EXCEEDED => tonic::Code::DeadlineExceeded,
+                ttrpc::Code::UNAVAILABLE => tonic::Code::Unavailable,
+                ttrpc::Code::UNIMPLEMENTED => tonic::Code::Unimplemented,
+                _ => tonic::Code::Internal,
+            },
+            Self::NotInstalled(_) | Self::Launch { .. } => tonic::Code::Internal,
+            Self::Connect { .. } | Self::Transport { .. } => tonic::Code::Unavailable,
+        }
+    }
+
+    /// True when the shim said the task or process does not exist (any more).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Self::Status {
+                code: ttrpc::Code::NOT_FOUND,
+                ..
+            }
+        )
+    }
+
+    /// True when the shim could not be reached at all.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::Transport { .. })
+    }
+}
+
+/// Where and how berthd's shims run.
+#[derive(Debug, Clone)]
+pub struct ShimSettings {
+    /// berthd's CRI socket: the shims' `-address`.
+    pub agent_socket: PathBuf,
+    /// `<state>/s`.
+    pub socket_dir: PathBuf,
+    /// `<state>/runc`: the OCI runtime's `--root`.
+    pub runtime_root: PathBuf,
+}
+
+/// Runs the shim's `start` action for the container `id` with bundle
+/// `bundle`; returns the shim's ttrpc address.
+pub async fn launch(settings: &ShimSettings, id: &str, bundle: &Path) -> Result<String, ShimError> {
+    let binary = crate::binaries::find(crate::binaries::SHIM)
+        .ok_or(ShimError::NotInstalled(crate::binaries::SHIM))?;
+    let output = shim_command(&binary, settings, id, bundle, "start")
+        .output()
+        .await
+        .map_err(|e| ShimError::Launch {
+            id: id.to_owned(),
+            reason: format!("cannot run {}: {e}", binary.display()),
+        })?;
+    if !output.status.success() {
+        return Err(ShimError::Launch {
+            id: id.to_owned(),
+            reason: format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
+    }
+    parse_start_reply(&output.stdout).ok_or_else(|| ShimError::Launch {
+        id: id.to_owned(),
+        reason: format!(
+            "unreadable start reply {:?}",
+            String::from_utf8_lossy(&output.stdout)
+        ),
+    })
+}
+
+/// The address of containerd's 2.x start reply
+/// (`{"version":3,"address":"unix://…","protocol":"ttrpc"}`), or of a bare
+/// address as older shims print.
+pub fn parse_start_reply(stdout: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(stdout);
+    let text = text.trim();
+    if let Ok(reply) = serde_json::from_str::<serde_json::Value>(text) {
+        if reply["protocol"].as_str().is_some_and(|p| p != "ttrpc") {
+            return None;
+        }
+        return reply["address"].as_str().map(str::to_owned);
+    }
+    text.starts_with("unix://").then(|| text.to_owned())
+}
+
+/// Runs the shim's `delete` action for a shim that died: the runtime's
+/// container is deleted, the rootfs unmounted, the dead socket removed.
+/// Returns the shim's `DeleteResponse`: the exit it had persisted, or pid
+/// 0 and status 137 when it had none.
+pub async fn cleanup_dead(
+    settings: &ShimSettings,
+    id: &str,
+    bundle: &Path,
+) -> Result<api::DeleteResponse, ShimError> {
+    let binary = crate::binaries::find(crate::binaries::SHIM)
+        .ok_or(ShimError::NotInstalled(crate::binaries::SHIM))?;
+    let output = shim_command(&binary, settings, id, bundle, "delete")
+        .output()
+        .await
+        .map_err(|e| ShimError::Launch {
+            id: id.to_owned(),
+            reason: format!("cannot run {} delete: {e}", binary.display()),
+        })?;
+    if !output.status.success() {
+        return Err(ShimError::Launch {
+            id: id.to_owned(),
+            reason: format!(
+                "delete: {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
+    }
+    let response =
+        api::DeleteResponse::parse_from_bytes(&output.stdout).map_err(|e| ShimError::Launch {
+            id: id.to_owned(),
+            reason: format!("delete printed no DeleteResponse: {e}"),
+        })?;
+    Ok(response)
+}
+
+fn shim_command(
+    binary: &Path,
+    settings: &ShimSettings,
+    id: &str,
+    bundle: &Path,
+    action: &str,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .args(["-namespace", NAMESPACE, "-id", id, "-address"])
+        .arg(&settings.agent_socket)
+        .arg("-bundle")
+        .arg(bundle)
+        .arg(action)
+        .current_dir(bundle)
+        .env(SOCKET_DIR_ENV, &settings.socket_dir)
+        .env_remove("TTRPC_ADDRESS")
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+/// The task options that choose the OCI runtime.
+pub fn runtime_options(settings: &ShimSettings, binary: &Path, systemd_cgroup: bool) -> Any {
+    let options = Options {
+        binary_name: binary.display().to_string(),
+        root: settings.runtime_root.display().to_string(),
+        systemd_cgroup,
+        ..Default::default()
+    };
+    Any {
+        type_url: "containerd.runc.v1.Options".to_owned(),
+        value: options
+            .write_to_bytes()
+            .expect("runc options always encode"),
+        ..Default::default()
+    }
+}
+
+/// A connected task client for one container.
+#[derive(Clone)]
+pub struct ShimClient {
+    id: String,
+    task: TaskClient,
+}
+
+impl std::fmt::Debug for ShimClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShimClient").field("id", &self.id).finish()
+    }
+}
+
+fn ctx(timeout: Option<Duration>) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(timeout.map_or(0, |t| t.as_nanos() as i64))
+}
+
+impl ShimClient {
+    /// Connects to the shim of container `id` at `address`.
+    pub async fn connect(id: &str, address: &str) -> Result<Self, ShimError> {
+        let client = Client::connect(address)
+            .await
+            .map_err(|e| ShimError::Connect {
+                id: id.to_owned(),
+                address: address.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            id: id.to_owned(),
+            task: TaskClient::new(client),
+        })
+    }
+
+    fn error(&self, rpc: &'static str, e: ttrpc::Error) -> ShimError {
+        match e {
+            ttrpc::Error::RpcStatus(status) => ShimError::Status {
+                rpc,
+                id: self.id.clone(),
+                code: status.code(),
+                message: status.message().to_owned(),
+            },
+            other => ShimError::Transport {
+                rpc,
+                id: self.id.clone(),
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    /// The shim's own pid (and the container's, if created).
+    pub async fn connect_info(&self) -> Result<api::ConnectResponse, ShimError> {
+        let request = api::ConnectRequest {
+            id: self.id.clone(),
+            ..Default::default()
+        };
+        self.task
+            .connect(ctx(Some(CALL_TIMEOUT)), &request)
+            .await
+            .map_err(|e| self.error("connect", e))
+    }
+
+    pub async fn create(&self, request: api::CreateTaskRequest) -> Result<u32, ShimError> {
+        self.task
+            .create(ctx(Some(CALL_TIMEOUT)), &request)
+            .await
+            .map(|r| r.pid)
+            .map_err(|e| self.error("create", e))
+    }
+
+    /// Starts the init (`exec_id` empty) or an exec; returns its pid.
+    pub async fn start(&self, exec_id: &str) -> Result<u32, ShimError> {
+        let request = api::StartRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.to_owned(),
+            ..Default::default()
+        };
+        self.task
+            .start(ctx(Some(CALL_TIMEOUT)), &request)
+            .await
+            .map(|r| r.pid)
+            .map_err(|e| self.error("start", e))
+    }
+
+    pub async fn state(&self, exec_id: &str) -> Result<api::StateResponse, ShimError> {
+        let request = api::StateRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.to_owned(),
+            ..Default::default()
+        };
+        self.task
+            .state(ctx(Some(CALL_TIMEOUT)), &request)
+            .await
+            .map_err(|e| self.error("state", e))
+    }
+
+    pub async fn kill(&self, exec_id: &str, signal: u32, all: bool) -> Result<(), ShimError> {
+        let request = api::KillRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.to_owned(),
+            signal,
+            all,
+            ..Default::default()
+        };
+        self.task
+            .kill(ctx(Some(CALL_TIMEOUT)), &request)
+            .await
+            .map(drop)
+            .map_err(|e| self.error("kill", e))
+    }
+
+    /// Waits for the init or an exec to exit, without a deadline; returns
+    /// the exit status and time.
+    pub async fn wait(&self, exec_id: &str) -> Result<api::WaitResponse, ShimError> {
+        let request = api::WaitRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.to_owned(),
+            ..Default::default()
+        };
+        self.task
+            .wait(ctx(None), &request)
+            .await
+            .map_err(|e| self.error("wait", e))
+    }
+
+    pub async fn delete(&self, exec_id: &str) -> Result<api::DeleteResponse, ShimError> {
+        let request = api::DeleteRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.to_owned(),
+            ..Default::default()
+        };
+        self.task
+            .delete(ctx(Some(CALL_TIMEOUT)), &request)
+            .await
+            .map_err(|e| self.error("delete", e))
+    }
+
+    /// Registers an exec process (`spec`: the OCI process as JSON).
+    pub async fn exec(
+        &self,
+        exec_id: &str,
+        spec: Vec<u8>,
+        stdout: &str,
+        stderr: &str,
+    ) -> Result<(), ShimError> {
+        let request = api::ExecProcessRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.to_owned(),
+            terminal: false,
+            stdin: String::new(),
+            stdout: stdout.to_owned(),
+            stderr: stderr.to_owned(),
+            spec: MessageField::some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".to_owned(),
+                value: spec,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.task
+            .exec(ctx(Some(CALL_TIMEOUT)), &request)
+            .await
+            .map(drop)
+            .map_err(|e| self.error("exec", e))
+    }
+
+    /// Updates resources (OCI `LinuxResources` JSON) or, with `annotations`,
+    /// asks for other updates such as reopening the log.
+    pub async fn update(
+        &self,
+        resources: Option<Vec<u8>>,
+        annotations: std::collections::HashMap<String, String>,
+    ) -> Result<(), ShimError> {
+        let request = api::UpdateTaskRequest {
+            id: self.id.clone(),
+            resources: resources
+                .map(|value| Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+                        .to_owned(),
+                    value,
+                    ..Default::default()
+                })
+                .into(),
+            annotations,
+            ..Default::default()
+        };
+        self.task
+            .update(ctx(Some(CALL_TIMEOUT)), &request)
+            .await
+            .map(drop)
+            .map_err(|e| self.error("update", e))
+    }
+
+    /// Asks the shim to exit (`now`: even with its container not deleted).
+    pub async fn shutdown(&self, now: bool) -> Result<(), ShimError> {
+        let request = api::ShutdownRequest {
+            id: self.id.clone(),
+            now,
+            ..Default::default()
+        };
+        self.task
+            .shutdown(ctx(Some(CALL_TIMEOUT)), &request)
+            .await
+            .map(drop)
+            .map_err(|e| self.error("shutdown", e))
+    }
+}
+
+/// The snapshot mounts as the shim takes them.
+pub fn rootfs_mounts(mounts: &[berth_snapshotter::Mount]) -> Vec<api::Mount> {
+    mounts
+        .iter()
+        .map(|m| api::Mount {
+            type_: m.fs_type.clone(),
+            source: m.source.clone(),
+            options: m.options.clone(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_replies() {
+        assert_eq!(
+            parse_start_reply(
+                br#"{"version":3,"address":"unix:///run/berth/s/ab","protocol":"ttrpc"}"#
+            )
+            .as_deref(),
+            Some("unix:///run/berth/s/ab")
+        );
+        assert_eq!(
+            parse_start_reply(b"unix:///run/x\n").as_deref(),
+            Some("unix:///run/x")
+        );
+        assert_eq!(
+            parse_start_reply(br#"{"version":3,"address":"x","protocol":"grpc"}"#),
+            None
+        );
+        assert_eq!(parse_start_reply(b"garbage"), None);
+    }
+
+    #[test]
+    fn status_codes_map_to_grpc() {
+        let error = |code| ShimError::Status {
+            rpc: "kill",
+            id: "c".into(),
+            code,
+            message: "m".into(),
+        };
+        assert_eq!(
+            error(ttrpc::Code::NOT_FOUND).grpc_code(),
+            tonic::Code::NotFound
+        );
+        assert!(error(ttrpc::Code::NOT_FOUND).is_not_found());
+        assert_eq!(
+            error(ttrpc::Code::FAILED_PRECONDITION).grpc_code(),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            error(ttrpc::Code::UNKNOWN).grpc_code(),
+            tonic::Code::Internal
+        );
+    }
+}

@@ -1,0 +1,567 @@
+//! Containers through the real CRI socket of an in-process berthd: real
+//! shims, runc, snapshots and the busybox test image from a loopback
+//! registry (`hack/registry.sh`, Debian's docker-registry). Needs root.
+//! Each test has its own registry port, network and daemon, and checks
+//! that no mount or process is left behind.
+
+mod common;
+
+use berth_proto::cri::v1 as cri;
+use berth_proto::cri::v1::runtime_service_client::RuntimeServiceClient;
+use common::{
+    container_config, pod_config, pod_status, pull, remove_pod, run_pod, stop_pod, Daemon, Options,
+    Registry, BUSYBOX,
+};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+type Client = RuntimeServiceClient<Channel>;
+
+async fn start_daemon(net: u8, registry: &Registry) -> Daemon {
+    let daemon = Daemon::start(
+        net,
+        Options {
+            registry_config_path: Some(registry.mirrors_dir().to_owned()),
+            ..Options::default()
+        },
+    )
+    .await;
+    pull(&daemon, BUSYBOX).await;
+    daemon
+}
+
+async fn create(
+    client: &mut Client,
+    pod: &str,
+    pod_config: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    client
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.to_owned(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .map(|r| r.into_inner().container_id)
+}
+
+async fn start(client: &mut Client, id: &str) -> Result<(), tonic::Status> {
+    client
+        .start_container(cri::StartContainerRequest {
+            container_id: id.to_owned(),
+        })
+        .await
+        .map(drop)
+}
+
+async fn status(client: &mut Client, id: &str) -> Result<cri::ContainerStatus, tonic::Status> {
+    client
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.to_owned(),
+            verbose: true,
+        })
+        .await
+        .map(|r| r.into_inner().status.expect("status"))
+}
+
+async fn exec(
+    client: &mut Client,
+    id: &str,
+    cmd: &[&str],
+    timeout: i64,
+) -> Result<cri::ExecSyncResponse, tonic::Status> {
+    client
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.to_owned(),
+            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+            timeout,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn wait_state(
+    client: &mut Client,
+    id: &str,
+    state: cri::ContainerState,
+) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let current = status(client, id).await.expect("status");
+        if current.state == state as i32 {
+            return current;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never reached {state:?}: {current:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn wait_for_file(path: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never got {needle:?}: {text:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pod_with_logs(daemon: &Daemon, name: &str) -> cri::PodSandboxConfig {
+    let mut config = pod_config(name);
+    config.log_directory = daemon
+        .dir
+        .path()
+        .join("logs")
+        .join(name)
+        .display()
+        .to_string();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_lifecycle_exec_logs_and_resources() {
+    let registry = Registry::start(5021);
+    let daemon = start_daemon(21, &registry).await;
+    let client = &mut daemon.client.clone();
+    let pod_config = pod_with_logs(&daemon, "app");
+    let pod = run_pod(client, pod_config.clone()).await.expect("run pod");
+
+    let mut config = container_config(
+        "main",
+        &[
+            "sh",
+            "-c",
+            "echo out; echo err >&2; while true; do \
+             if [ -e /tmp/say ]; then cat /tmp/say; rm /tmp/say; fi; sleep 0.1; done",
+        ],
+    );
+    config.labels = [("tier".to_owned(), "web".to_owned())].into();
+    config.annotations = [("note".to_owned(), "kept".to_owned())].into();
+    config.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(client, &pod, &pod_config, config)
+        .await
+        .expect("create");
+    let created = status(client, &id).await.expect("status");
+    assert_eq!(created.state, cri::ContainerState::ContainerCreated as i32);
+    assert!(created.created_at > 0);
+    assert_eq!(created.started_at, 0);
+    assert_eq!(created.labels["tier"], "web");
+    assert_eq!(created.annotations["note"], "kept");
+    assert_eq!(created.image.as_ref().expect("image").image, BUSYBOX);
+    assert!(
+        created.image_ref.contains("@sha256:"),
+        "{}",
+        created.image_ref
+    );
+    assert!(created.image_id.starts_with("sha256:"));
+    let log = Path::new(&pod_config.log_directory).join("main.log");
+    assert_eq!(created.log_path, log.display().to_string());
+
+    start(client, &id).await.expect("start");
+    let running = status(client, &id).await.expect("status");
+    assert_eq!(running.state, cri::ContainerState::ContainerRunning as i32);
+    assert!(running.started_at >= running.created_at);
+    let text = wait_for_file(&log, " stderr F err\n");
+    assert!(text.contains(" stdout F out\n"), "{text}");
+    let again = start(client, &id).await.expect_err("started twice");
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+
+    // Listing and filters.
+    let list = |filter: cri::ContainerFilter| {
+        let mut client = daemon.client.clone();
+        async move {
+            client
+                .list_containers(cri::ListContainersRequest {
+                    filter: Some(filter),
+                })
+                .await
+                .expect("list")
+                .into_inner()
+                .containers
+        }
+    };
+    assert_eq!(list(cri::ContainerFilter::default()).await.len(), 1);
+    let by_pod = list(cri::ContainerFilter {
+        pod_sandbox_id: pod.clone(),
+        label_selector: [("tier".to_owned(), "web".to_owned())].into(),
+        state: Some(cri::ContainerStateValue {
+            state: cri::ContainerState::ContainerRunning as i32,
+        }),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(by_pod.len(), 1);
+    assert_eq!(by_pod[0].id, id);
+    assert!(list(cri::ContainerFilter {
+        state: Some(cri::ContainerStateValue {
+            state: cri::ContainerState::ContainerExited as i32,
+        }),
+        ..Default::default()
+    })
+    .await
+    .is_empty());
+
+    // ExecSync: output, exit codes, and a timeout that kills only the exec.
+    let out = exec(
+        client,
+        &id,
+        &["sh", "-c", "id -u; hostname; echo oops >&2"],
+        10,
+    )
+    .await
+    .expect("exec");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\napp\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    assert_eq!(out.exit_code, 0);
+    let failed = exec(client, &id, &["sh", "-c", "exit 3"], 10)
+        .await
+        .expect("exec");
+    assert_eq!(failed.exit_code, 3);
+    let started = Instant::now();
+    let err = exec(client, &id, &["sleep", "4321"], 1)
+        .await
+        .expect_err("timeout");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let ps = exec(client, &id, &["ps"], 10).await.expect("ps");
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains("4321"),
+        "the exec was killed"
+    );
+    assert_eq!(
+        status(client, &id).await.expect("status").state,
+        cri::ContainerState::ContainerRunning as i32,
+        "the container was not"
+    );
+    let big = exec(client, &id, &["sh", "-c", "head -c 20000000 /dev/zero"], 30)
+        .await
+        .expect("big output");
+    assert_eq!(
+        big.stdout.len(),
+        16 * 1024 * 1024 - 64 * 1024,
+        "capped to fit a 16 MiB message"
+    );
+
+    // The log is reopened after a rotation.
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    client
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("reopen");
+    exec(
+        client,
+        &id,
+        &["sh", "-c", "echo after-rotation > /tmp/say"],
+        10,
+    )
+    .await
+    .expect("exec");
+    wait_for_file(&log, " stdout F after-rotation\n");
+
+    // Resources change in the cgroup and in the status.
+    client
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 96 << 20,
+                cpu_shares: 512,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("update");
+    let updated = status(client, &id).await.expect("status");
+    let resources = updated.resources.and_then(|r| r.linux).expect("resources");
+    assert_eq!(resources.memory_limit_in_bytes, 96 << 20);
+    let limit = exec(
+        client,
+        &id,
+        &["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"],
+        10,
+    )
+    .await
+    .expect("exec");
+    if limit.exit_code == 0 {
+        assert_eq!(
+            String::from_utf8_lossy(&limit.stdout).trim(),
+            (96u64 << 20).to_string()
+        );
+    }
+
+    // Stop with a grace period: sh dies of SIGTERM.
+    client
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 10,
+        })
+        .await
+        .expect("stop");
+    let exited = status(client, &id).await.expect("status");
+    assert_eq!(exited.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(exited.exit_code, 143);
+    assert_eq!(exited.reason, "Error");
+    assert!(exited.finished_at >= exited.started_at);
+    let err = exec(client, &id, &["true"], 10).await.expect_err("exited");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    client
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 10,
+        })
+        .await
+        .expect("stop twice");
+
+    // A container that ends by itself completes.
+    let done = create(
+        client,
+        &pod,
+        &pod_config,
+        container_config("done", &["true"]),
+    )
+    .await
+    .expect("create");
+    start(client, &done).await.expect("start");
+    let completed = wait_state(client, &done, cri::ContainerState::ContainerExited).await;
+    assert_eq!(completed.exit_code, 0);
+    assert_eq!(completed.reason, "Completed");
+
+    // A command that does not exist fails at create and leaves nothing.
+    let err = create(
+        client,
+        &pod,
+        &pod_config,
+        container_config("bad", &["/no/such/binary"]),
+    )
+    .await
+    .expect_err("no such binary");
+    assert!(err.message().contains("/no/such/binary"), "{err}");
+    assert_eq!(list(cri::ContainerFilter::default()).await.len(), 2);
+    let bundles = std::fs::read_dir(daemon.state_dir().join("containers"))
+        .expect("containers dir")
+        .count();
+    assert_eq!(bundles, 2, "the failed container's bundle is gone");
+
+    // An unknown image is NotFound; so is an unknown container.
+    let mut missing = container_config("missing", &["true"]);
+    missing.image.as_mut().expect("image").image = "registry.k8s.io/no/such:1".into();
+    let err = create(client, &pod, &pod_config, missing)
+        .await
+        .expect_err("no image");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    let err = status(client, "0123456789").await.expect_err("unknown");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    // Remove one container, then the pod takes the other with it.
+    client
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("remove");
+    assert_eq!(
+        status(client, &id).await.expect_err("gone").code(),
+        tonic::Code::NotFound
+    );
+    client
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("remove twice");
+    stop_pod(client, &pod).await;
+    remove_pod(client, &pod).await;
+    assert!(list(cri::ContainerFilter::default()).await.is_empty());
+    daemon.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_and_removing_a_pod_takes_its_running_containers() {
+    let registry = Registry::start(5022);
+    let daemon = start_daemon(22, &registry).await;
+    let client = &mut daemon.client.clone();
+    let pod_config = pod_with_logs(&daemon, "busy");
+    let pod = run_pod(client, pod_config.clone()).await.expect("run pod");
+    let mut ids = Vec::new();
+    for name in ["one", "two"] {
+        let id = create(
+            client,
+            &pod,
+            &pod_config,
+            container_config(name, &["sleep", "1000"]),
+        )
+        .await
+        .expect("create");
+        start(client, &id).await.expect("start");
+        ids.push(id);
+    }
+    // A created, never started container too.
+    ids.push(
+        create(
+            client,
+            &pod,
+            &pod_config,
+            container_config("idle", &["sleep", "1000"]),
+        )
+        .await
+        .expect("create"),
+    );
+    stop_pod(client, &pod).await;
+    for id in &ids[..2] {
+        let exited = status(client, id).await.expect("status");
+        assert_eq!(exited.state, cri::ContainerState::ContainerExited as i32);
+        assert_eq!(exited.exit_code, 137);
+    }
+    let err = create(
+        client,
+        &pod,
+        &pod_config,
+        container_config("late", &["true"]),
+    )
+    .await
+    .expect_err("pod is stopped");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    // RemoveContainer of a running container kills it: none left to try;
+    // RemovePodSandbox removes the created one and the exited ones.
+    remove_pod(client, &pod).await;
+    for id in &ids {
+        assert_eq!(
+            status(client, id).await.expect_err("gone").code(),
+            tonic::Code::NotFound
+        );
+    }
+    daemon.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_survive_a_restart_and_exits_meanwhile_are_reported() {
+    let registry = Registry::start(5023);
+    let mut daemon = start_daemon(23, &registry).await;
+    let mut client = daemon.client.clone();
+    let pod_config = pod_with_logs(&daemon, "restart");
+    let pod = run_pod(&mut client, pod_config.clone())
+        .await
+        .expect("run pod");
+    let make = |name: &'static str, command: &'static [&'static str]| {
+        let mut client = client.clone();
+        let pod = pod.clone();
+        let pod_config = pod_config.clone();
+        async move {
+            let id = create(
+                &mut client,
+                &pod,
+                &pod_config,
+                container_config(name, command),
+            )
+            .await
+            .expect("create");
+            start(&mut client, &id).await.expect("start");
+            id
+        }
+    };
+    let keeps = make(
+        "keeps",
+        &["sh", "-c", "while true; do echo tick; sleep 0.2; done"],
+    )
+    .await;
+    let exits = make("exits", &["sh", "-c", "sleep 1; exit 7"]).await;
+    let orphaned = make("orphaned", &["sleep", "1000"]).await;
+    daemon.shutdown().await;
+
+    // While berthd is down: one container exits, another's shim is killed.
+    std::thread::sleep(Duration::from_secs(2));
+    let shim = common::processes_referring_to(daemon.dir.path())
+        .into_iter()
+        .find(|p| p.contains(&orphaned) && p.contains("containerd-shim-berth-v2"))
+        .expect("the orphaned container's shim runs");
+    let pid: i32 = shim
+        .trim_start_matches("pid ")
+        .split(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the shim");
+    daemon.restart().await;
+    let client = &mut daemon.client.clone();
+
+    let kept = status(client, &keeps).await.expect("status");
+    assert_eq!(kept.state, cri::ContainerState::ContainerRunning as i32);
+    let out = exec(client, &keeps, &["echo", "still here"], 10)
+        .await
+        .expect("exec");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
+    let log = Path::new(&pod_config.log_directory).join("keeps.log");
+    let before = std::fs::read_to_string(&log).unwrap_or_default().len();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        std::fs::read_to_string(&log).unwrap_or_default().len() > before,
+        "logs keep flowing"
+    );
+
+    let exited = wait_state(client, &exits, cri::ContainerState::ContainerExited).await;
+    assert_eq!(exited.exit_code, 7);
+    assert_eq!(exited.reason, "Error");
+    let dead = wait_state(client, &orphaned, cri::ContainerState::ContainerExited).await;
+    assert_eq!(dead.exit_code, 137);
+    assert_eq!(dead.reason, "Unknown");
+    assert!(dead.message.contains("shim"), "{}", dead.message);
+    assert_eq!(
+        pod_status(client, &pod).await.expect("pod").state,
+        cri::PodSandboxState::SandboxReady as i32
+    );
+    remove_pod(client, &pod).await;
+    daemon.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_hogs_are_oom_killed() {
+    let registry = Registry::start(5024);
+    let daemon = start_daemon(24, &registry).await;
+    let client = &mut daemon.client.clone();
+    let pod_config = pod_with_logs(&daemon, "oom");
+    let pod = run_pod(client, pod_config.clone()).await.expect("run pod");
+    let mut config = container_config(
+        "hog",
+        &["sh", "-c", "x=0123456789; while true; do x=$x$x; done"],
+    );
+    config.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(client, &pod, &pod_config, config)
+        .await
+        .expect("create");
+    start(client, &id).await.expect("start");
+    let exited = wait_state(client, &id, cri::ContainerState::ContainerExited).await;
+    assert_eq!(exited.reason, "OOMKilled", "{exited:?}");
+    assert_eq!(exited.exit_code, 137);
+    remove_pod(client, &pod).await;
+    daemon.finish().await;
+}
