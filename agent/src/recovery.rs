@@ -94,23 +94,15 @@ async fn recover_containers(state: &Arc<AgentState>) {
 }
 
 async fn mark_running(state: &Arc<AgentState>, id: &str, pid: u32) {
-    let store_state = state.clone();
     let key = id.to_owned();
     let now = crate::sandbox::now_nanos();
-    let updated = tokio::task::spawn_blocking(move || {
-        store_state
-            .containers
-            .records
-            .update(&store_state.store, &key, |r| {
-                if r.state == ContainerState::Created {
-                    r.state = ContainerState::Running;
-                    r.started_at = now;
-                    r.pid = pid;
-                }
-            })
-    })
-    .await
-    .expect("store writes do not panic");
+    let updated = state
+        .write(move |s| {
+            s.containers
+                .records
+                .update(&s.store, &key, |r| r.mark_running(pid, now))
+        })
+        .await;
     if let Err(e) = updated {
         tracing::warn!(id, error = %e, "cannot record that a container runs");
     }
@@ -146,17 +138,9 @@ async fn remove_orphan_bundles(state: &Arc<AgentState>) {
                 }
             }
         }
-        let orphan = bundle.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for mount in teardown::mounts_under(&orphan).iter().rev() {
-                let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
-            }
-        })
-        .await;
-        if teardown::mounts_under(&bundle).is_empty() {
-            if let Err(e) = std::fs::remove_dir_all(&bundle) {
-                tracing::warn!(bundle = %bundle.display(), error = %e, "cannot remove an orphan bundle");
-            }
+        teardown::unmount_all_under(&bundle).await;
+        if let Err(e) = teardown::remove_dir(&bundle).await {
+            tracing::warn!(bundle = %bundle.display(), error = %e, "cannot remove an orphan bundle");
         }
     }
 }
@@ -192,26 +176,8 @@ pub fn sandbox_alive(record: &SandboxRecord) -> bool {
 }
 
 async fn remove_sandbox(state: &Arc<AgentState>, record: &SandboxRecord) {
-    if let Err(e) = teardown::release(&state.config.cni.bin_dirs, record).await {
-        tracing::warn!(id = %record.id, error = %e, "cannot release an interrupted sandbox");
-        return;
-    }
-    if let Err(e) = teardown::remove_dir(&record.dir).await {
-        tracing::warn!(id = %record.id, error = %e, "cannot remove an interrupted sandbox's dir");
-        return;
-    }
-    let store_state = state.clone();
-    let id = record.id.clone();
-    let deleted = tokio::task::spawn_blocking(move || {
-        store_state
-            .sandboxes
-            .records
-            .delete(&store_state.store, &id)
-    })
-    .await
-    .expect("store writes do not panic");
-    if let Err(e) = deleted {
-        tracing::warn!(id = %record.id, error = %e, "cannot delete an interrupted sandbox's record");
+    if let Err(e) = teardown::discard(state, record).await {
+        tracing::warn!(id = %record.id, error = %e, "cannot remove an interrupted sandbox");
     }
 }
 
@@ -229,17 +195,9 @@ async fn remove_orphan_dirs(state: &Arc<AgentState>) {
         }
         let dir = entry.path();
         tracing::info!(dir = %dir.display(), "removing a sandbox dir without a record");
-        let orphan = dir.clone();
-        let released = tokio::task::spawn_blocking(move || {
-            for mount in teardown::mounts_under(&orphan).iter().rev() {
-                let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
-            }
-        })
-        .await;
-        if released.is_ok() {
-            if let Err(e) = teardown::remove_dir(&dir).await {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an orphan sandbox dir");
-            }
+        teardown::unmount_all_under(&dir).await;
+        if let Err(e) = teardown::remove_dir(&dir).await {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an orphan sandbox dir");
         }
     }
 }

@@ -586,6 +586,7 @@ async fn pods_survive_a_restart_and_dead_ones_are_stopped() {
             },
             init_pid: None,
             network: None,
+            resources: Default::default(),
         };
         store
             .put(berth_agent::store::Table::Sandboxes, &half, &record)
@@ -688,6 +689,64 @@ async fn abandoned_run_pod_sandbox_is_rolled_back_and_can_be_retried() {
     std::fs::remove_file(bins.path().join("bridge.slow")).expect("fast again");
     let client = &mut daemon.client.clone();
     let id = run_pod(client, pod_config("slow")).await.expect("retry");
+    remove_pod(client, &id).await;
+    daemon.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_resources_are_recorded_and_survive_a_restart() {
+    let mut daemon = Daemon::start(10, Options::default()).await;
+    let client = &mut daemon.client.clone();
+    let id = run_pod(client, pod_config("resized")).await.expect("run");
+    let resources = cri::LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        memory_limit_in_bytes: 256 << 20,
+        ..Default::default()
+    };
+    client
+        .update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: id[..12].to_owned(),
+            overhead: Some(cri::LinuxContainerResources {
+                cpu_shares: 10,
+                ..Default::default()
+            }),
+            resources: Some(resources),
+        })
+        .await
+        .expect("update by id prefix");
+
+    let err = client
+        .update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: "0123456789abcdef".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown pod");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    let err = client
+        .update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest::default())
+        .await
+        .expect_err("no id");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("pod_sandbox_id"), "{err}");
+
+    daemon.shutdown().await;
+    daemon.restart().await;
+    let client = &mut daemon.client.clone();
+    let response = client
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    let info: serde_json::Value =
+        serde_json::from_str(&response.info["info"]).expect("verbose info is JSON");
+    assert_eq!(info["resources"]["cpuQuota"], 50_000, "{info}");
+    assert_eq!(info["resources"]["memoryLimitInBytes"], 256 << 20, "{info}");
+    assert_eq!(info["overhead"]["cpuShares"], 10, "{info}");
     remove_pod(client, &id).await;
     daemon.finish().await;
 }

@@ -50,6 +50,11 @@ fn main() {
         "containers_survive_kill_9_of_berthd",
         with_images(containers_survive_kill_9),
     );
+    suite.run("crun_runs_containers", with_images(crun_runs_containers));
+    suite.run(
+        "images_in_use_are_not_removed",
+        with_images(images_in_use_are_not_removed),
+    );
     drop(registry);
     suite.finish();
 }
@@ -378,5 +383,65 @@ fn containers_survive_kill_9(berthd: &mut Berthd) -> TestResult {
         quit.to_string()
     })?;
     ensure(quit["status"]["exitCode"] == 3, || quit.to_string())?;
+    Ok(())
+}
+
+/// RemoveImage refuses an image a container stands on (FailedPrecondition,
+/// naming the container's snapshot) and removes it once the container is
+/// gone.
+fn images_in_use_are_not_removed(berthd: &mut Berthd) -> TestResult {
+    let (_, id) = run_container(berthd, "user", "user", &["sleep", "1000"])?;
+    let refused = berthd.crictl(&["rmi", BUSYBOX])?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure(!refused.status.success(), || {
+        "rmi of an image in use succeeded".to_owned()
+    })?;
+    ensure(
+        stderr.contains("FailedPrecondition") && stderr.contains(&id),
+        || format!("rmi error: {stderr}"),
+    )?;
+    let images = berthd.crictl_ok(&["images", "-q"])?;
+    ensure(images.lines().count() == 1, || {
+        format!("the image stays: {images:?}")
+    })?;
+    let out = berthd.crictl_ok(&["exec", "-s", &id, "echo", "unharmed"])?;
+    ensure(out.trim_end() == "unharmed", || out.clone())?;
+
+    berthd.crictl_ok(&["rm", "--force", &id])?;
+    berthd.crictl_ok(&["rmi", BUSYBOX])?;
+    let images = berthd.crictl_ok(&["images", "-q"])?;
+    ensure(images.trim().is_empty(), || {
+        format!("rmi after the container left: {images:?}")
+    })?;
+    Ok(())
+}
+
+/// The `crun` RuntimeClass handler runs containers as runc does, also on
+/// this machine's hybrid cgroup layout that crun 1.8 refuses by itself.
+fn crun_runs_containers(berthd: &mut Berthd) -> TestResult {
+    let berthd = &*berthd;
+    let pod_config = pod_json(berthd, "fast")?;
+    let pod = berthd
+        .crictl_ok(&["runp", "--runtime", "crun", &pod_config])?
+        .trim()
+        .to_owned();
+    let status = inspectp(berthd, &pod)?;
+    ensure(status["status"]["runtimeHandler"] == "crun", || {
+        status.to_string()
+    })?;
+    let config = container_json(berthd, "crunned", &["sleep", "1000"])?;
+    let id = berthd
+        .crictl_ok(&["create", &pod, &config, &pod_config])?
+        .trim()
+        .to_owned();
+    berthd.crictl_ok(&["start", &id])?;
+    let out = berthd.crictl_ok(&["exec", "-s", &id, "cat", "/proc/self/cgroup"])?;
+    ensure(out.contains("memory:") && out.contains(&id), || {
+        format!("the exec runs in the container's v1 cgroups: {out}")
+    })?;
+    berthd.crictl_ok(&["stop", "--timeout", "0", &id])?;
+    let exited = inspect(berthd, &id)?;
+    ensure(exited["status"]["exitCode"] == 137, || exited.to_string())?;
+    berthd.crictl_ok(&["rmp", "--force", &pod])?;
     Ok(())
 }

@@ -12,6 +12,14 @@
 //! [`Exits`] subscription taken before the spawn.
 //!
 //! `stats` uses `events --stats`, which runc has and crun 1.8 lacks.
+//!
+//! crun (1.8) refuses a hybrid cgroup host whose v2 mount has controllers
+//! enabled ("cgroups in hybrid mode not supported"), while runc manages
+//! the v1 controllers there. On such a host crun's commands run in a mount
+//! namespace of their own, a slave of the host's, with the v2 mount
+//! detached: crun sees a v1 host and manages the container's v1 cgroups
+//! like runc. Mounts a container propagates back (`rshared`) then stop at
+//! that namespace.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -77,13 +85,17 @@ pub struct OciRuntime {
     systemd_cgroup: bool,
     no_pivot_root: bool,
     no_new_keyring: bool,
+    /// Run commands with the cgroup v2 mount hidden (crun on a hybrid host).
+    hide_cgroup2: bool,
 }
 
 impl OciRuntime {
     /// Finds the runtime binary of `options`.
     pub fn new(options: &RuntimeOptions, bundle: &Path) -> Result<Self> {
         let binary = resolve(&options.binary_name)?;
+        let is_crun = binary.file_name().is_some_and(|name| name == "crun");
         Ok(Self {
+            hide_cgroup2: is_crun && hybrid_with_v2_controllers(),
             name: options.binary_name.clone(),
             binary,
             root: options.root.clone(),
@@ -226,6 +238,16 @@ impl OciRuntime {
             cmd.arg("--systemd-cgroup");
         }
         cmd.args(&args);
+        if self.hide_cgroup2 {
+            use std::os::unix::process::CommandExt;
+            #[allow(unsafe_code)]
+            // SAFETY: `detach_cgroup2` runs in the forked child before exec
+            // and only makes system calls on static C strings: no
+            // allocation, no locks.
+            unsafe {
+                cmd.pre_exec(detach_cgroup2);
+            }
+        }
         let captured = io.is_none();
         let io = io.unwrap_or(ChildIo {
             stdin: Stdio::null(),
@@ -274,6 +296,40 @@ impl OciRuntime {
             message,
         })
     }
+}
+
+/// The cgroup v1 root and the v2 mount of a hybrid host.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const HYBRID_V2_MOUNT: &std::ffi::CStr = c"/sys/fs/cgroup/unified";
+
+/// True on a hybrid host (v1 controllers under a tmpfs, v2 at `unified`)
+/// whose v2 hierarchy has controllers enabled.
+fn hybrid_with_v2_controllers() -> bool {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, TMPFS_MAGIC};
+    let v2_mount = Path::new(HYBRID_V2_MOUNT.to_str().expect("ASCII path"));
+    let hybrid = statfs(CGROUP_ROOT).is_ok_and(|fs| fs.filesystem_type() == TMPFS_MAGIC)
+        && statfs(v2_mount).is_ok_and(|fs| fs.filesystem_type() == CGROUP2_SUPER_MAGIC);
+    hybrid
+        && std::fs::read_to_string(v2_mount.join("cgroup.controllers"))
+            .is_ok_and(|controllers| !controllers.trim().is_empty())
+}
+
+/// In the child before exec: a private mount namespace, a slave of the
+/// host's (so the unmount below does not propagate back), without the v2
+/// cgroup mount.
+fn detach_cgroup2() -> std::io::Result<()> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    unshare(CloneFlags::CLONE_NEWNS)?;
+    mount(
+        None::<&std::ffi::CStr>,
+        c"/",
+        None::<&std::ffi::CStr>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&std::ffi::CStr>,
+    )?;
+    umount2(HYBRID_V2_MOUNT, MntFlags::MNT_DETACH)?;
+    Ok(())
 }
 
 /// Finds `name` in `PATH` unless it is a path.

@@ -444,10 +444,9 @@ fn read_image_users(
 
 /// Writes the record (on the blocking pool: the store fsyncs).
 pub(super) async fn persist(state: &Arc<AgentState>, record: ContainerRecord) -> Result<()> {
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || state.containers.records.put(&state.store, record))
+    state
+        .write(move |s| s.containers.records.put(&s.store, record))
         .await
-        .expect("store writes do not panic")
         .map_err(Error::from)
 }
 

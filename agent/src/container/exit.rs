@@ -86,23 +86,15 @@ pub async fn finish(state: &Arc<AgentState>, id: &str, exit: Exit) {
     };
     if record.state != ContainerState::Exited {
         let oom = oom_killed(&state.cgroup_layout, &record.cgroup_path);
-        let store_state = state.clone();
         let key = id.to_owned();
-        let updated = tokio::task::spawn_blocking(move || {
-            store_state
-                .containers
-                .records
-                .update(&store_state.store, &key, |r| {
-                    if r.state != ContainerState::Exited {
-                        r.state = ContainerState::Exited;
-                        r.exit_code = exit.status as i32;
-                        r.finished_at = exit.at;
-                        r.reason = reason(exit.status, oom).to_owned();
-                    }
+        let updated = state
+            .write(move |s| {
+                s.containers.records.update(&s.store, &key, |r| {
+                    let reason = reason(exit.status, oom).to_owned();
+                    r.mark_exited(exit.status as i32, exit.at, reason, String::new());
                 })
-        })
-        .await
-        .expect("store writes do not panic");
+            })
+            .await;
         match updated {
             Ok(_) => tracing::info!(id, status = exit.status, oom, "container exited"),
             Err(e) => tracing::error!(id, error = %e, "cannot record a container's exit"),
@@ -147,24 +139,15 @@ pub async fn shim_gone(state: &Arc<AgentState>, id: &str, why: &str) {
         )
     };
     tracing::warn!(id, status, %message, "container shim is gone");
-    let store_state = state.clone();
     let key = id.to_owned();
-    let updated = tokio::task::spawn_blocking(move || {
-        store_state
-            .containers
-            .records
-            .update(&store_state.store, &key, |r| {
-                if r.state != ContainerState::Exited {
-                    r.state = ContainerState::Exited;
-                    r.exit_code = status as i32;
-                    r.finished_at = crate::sandbox::now_nanos();
-                    r.reason = reason;
-                    r.message = message;
-                }
+    let now = crate::sandbox::now_nanos();
+    let updated = state
+        .write(move |s| {
+            s.containers.records.update(&s.store, &key, |r| {
+                r.mark_exited(status as i32, now, reason, message);
             })
-    })
-    .await
-    .expect("store writes do not panic");
+        })
+        .await;
     if let Err(e) = updated {
         tracing::error!(id, error = %e, "cannot record a container's exit");
     }

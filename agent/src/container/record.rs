@@ -101,6 +101,27 @@ impl Record for ContainerRecord {
 }
 
 impl ContainerRecord {
+    /// Records the container's exit; the first exit recorded stays.
+    pub fn mark_exited(&mut self, exit_code: i32, at: i64, reason: String, message: String) {
+        if self.state != ContainerState::Exited {
+            self.state = ContainerState::Exited;
+            self.exit_code = exit_code;
+            self.finished_at = at;
+            self.reason = reason;
+            self.message = message;
+        }
+    }
+
+    /// Records that the created container runs as `pid` since `at`; a
+    /// container that moved on meanwhile is left as it is.
+    pub fn mark_running(&mut self, pid: u32, at: i64) {
+        if self.state == ContainerState::Created {
+            self.state = ContainerState::Running;
+            self.started_at = at;
+            self.pid = pid;
+        }
+    }
+
     pub fn metadata(&self) -> cri::ContainerMetadata {
         self.config.metadata.clone().unwrap_or_default()
     }
@@ -191,14 +212,13 @@ impl Containers {
     /// Loads the records; names of created containers are reserved again.
     pub fn load(store: &Store, shim: ShimSettings) -> Result<Self, StoreError> {
         let records = Records::<ContainerRecord>::load(store, Table::Containers)?;
-        let names = NameIndex::new();
-        for record in records.list() {
-            if record.state != ContainerState::Creating {
-                if let Ok(reservation) = names.reserve(&record.name, &record.id) {
-                    reservation.commit();
-                }
-            }
-        }
+        let created = records.list();
+        let names = NameIndex::with_owners(
+            created
+                .iter()
+                .filter(|r| r.state != ContainerState::Creating)
+                .map(|r| (r.name.as_str(), r.id.as_str())),
+        );
         Ok(Self {
             records,
             names,

@@ -46,46 +46,31 @@ pub async fn start(state: &Arc<AgentState>, id: &str) -> Result<()> {
         .await
         .map_err(ContainerError::from)?;
     let started = client.start("").await;
-    let store_state = state.clone();
     let key = record.id.clone();
     let now = crate::sandbox::now_nanos();
     let outcome = match &started {
         Ok(pid) => {
             let pid = *pid;
-            tokio::task::spawn_blocking(move || {
-                store_state
-                    .containers
-                    .records
-                    .update(&store_state.store, &key, |r| {
-                        if r.state == ContainerState::Created {
-                            r.state = ContainerState::Running;
-                            r.started_at = now;
-                            r.pid = pid;
-                        }
-                    })
-            })
-            .await
+            state
+                .write(move |s| {
+                    s.containers
+                        .records
+                        .update(&s.store, &key, |r| r.mark_running(pid, now))
+                })
+                .await
         }
         Err(e) => {
             let message = e.to_string();
-            tokio::task::spawn_blocking(move || {
-                store_state
-                    .containers
-                    .records
-                    .update(&store_state.store, &key, |r| {
-                        r.state = ContainerState::Exited;
-                        r.exit_code = 128;
-                        r.finished_at = now;
-                        r.reason = "StartError".to_owned();
-                        r.message = message;
+            state
+                .write(move |s| {
+                    s.containers.records.update(&s.store, &key, |r| {
+                        r.mark_exited(128, now, "StartError".to_owned(), message);
                     })
-            })
-            .await
+                })
+                .await
         }
     };
-    outcome
-        .expect("store writes do not panic")
-        .map_err(Error::from)?;
+    outcome.map_err(Error::from)?;
     match started {
         Ok(pid) => {
             tracing::info!(id = %record.id, pid, "container started");

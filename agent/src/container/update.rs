@@ -51,17 +51,15 @@ pub async fn update_resources(
         .update(Some(json), HashMap::new())
         .await
         .map_err(ContainerError::from)?;
-    let store_state = state.clone();
     let id = record.id.clone();
-    tokio::task::spawn_blocking(move || {
-        store_state
-            .containers
-            .records
-            .update(&store_state.store, &id, |r| r.resources = resources)
-    })
-    .await
-    .expect("store writes do not panic")
-    .map_err(Error::from)?;
+    state
+        .write(move |s| {
+            s.containers
+                .records
+                .update(&s.store, &id, |r| r.resources = resources)
+        })
+        .await
+        .map_err(Error::from)?;
     Ok(())
 }
 

@@ -75,6 +75,7 @@ mod tests {
             namespaces: NamespacePaths::default(),
             init_pid: None,
             network: None,
+            resources: Default::default(),
         }
     }
 

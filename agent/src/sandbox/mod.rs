@@ -37,6 +37,7 @@ pub mod status;
 pub mod stop;
 pub mod sysctl;
 pub mod teardown;
+pub mod update;
 
 use crate::network::cni::CniError;
 use crate::network::cni_config::CniConfigError;
@@ -111,6 +112,10 @@ pub struct SandboxRecord {
     pub init_pid: Option<u32>,
     /// `None` for a host-network pod.
     pub network: Option<NetworkRecord>,
+    /// The last UpdatePodSandboxResources as kubelet sent it (id cleared);
+    /// empty until the first.
+    #[serde(default, with = "crate::store::proto")]
+    pub resources: cri::UpdatePodSandboxResourcesRequest,
 }
 
 impl Record for SandboxRecord {
@@ -217,16 +222,13 @@ impl Sandboxes {
     /// Loads the records; the names of created sandboxes are reserved again.
     pub fn load(store: &Store) -> Result<Self, StoreError> {
         let records = Records::<SandboxRecord>::load(store, Table::Sandboxes)?;
-        let names = NameIndex::new();
-        for record in records.list() {
-            if record.state != SandboxState::Creating {
-                // Ids are unique, so this cannot fail; a clash would only
-                // keep the first owner.
-                if let Ok(reservation) = names.reserve(&record.name, &record.id) {
-                    reservation.commit();
-                }
-            }
-        }
+        let created = records.list();
+        let names = NameIndex::with_owners(
+            created
+                .iter()
+                .filter(|r| r.state != SandboxState::Creating)
+                .map(|r| (r.name.as_str(), r.id.as_str())),
+        );
         Ok(Self {
             records,
             names,
@@ -290,6 +292,7 @@ mod tests {
             },
             init_pid: None,
             network: None,
+            resources: Default::default(),
         };
         let json = serde_json::to_string(&record).expect("json");
         assert!(json.contains("\"state\":\"ready\""), "{json}");

@@ -4,7 +4,7 @@
 
 use super::{stop, teardown};
 use crate::server::AgentState;
-use crate::{Error, Result};
+use crate::Result;
 use std::sync::Arc;
 
 /// Removes the sandbox `id` (an id or a unique prefix).
@@ -21,19 +21,7 @@ pub async fn remove(state: &Arc<AgentState>, id: &str) -> Result<()> {
     crate::container::lifecycle::remove_all_in_sandbox(state, &record.id).await?;
     // Release again: a sandbox stopped before a crash may have been
     // half-released; every step is idempotent.
-    teardown::release(&state.config.cni.bin_dirs, &record).await?;
-    teardown::remove_dir(&record.dir).await?;
-    let store_state = state.clone();
-    let key = record.id.clone();
-    tokio::task::spawn_blocking(move || {
-        store_state
-            .sandboxes
-            .records
-            .delete(&store_state.store, &key)
-    })
-    .await
-    .expect("store writes do not panic")
-    .map_err(Error::from)?;
+    teardown::discard(state, &record).await?;
     state.sandboxes.names.release(&record.name, &record.id);
     tracing::info!(id = %record.id, "pod sandbox removed");
     Ok(())

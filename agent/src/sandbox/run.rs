@@ -60,6 +60,7 @@ pub async fn run(state: &Arc<AgentState>, request: cri::RunPodSandboxRequest) ->
         namespaces: NamespacePaths::default(),
         init_pid: None,
         network: network.as_ref().map(network::network_record),
+        resources: Default::default(),
         config,
     };
     // Dropped with this future if the client goes away.
@@ -301,34 +302,15 @@ fn make_local(record: &SandboxRecord) -> Result<(), SandboxError> {
 /// Undoes a sandbox that did not become ready; failures are logged (the
 /// record stays `Creating` then, and start-up retries).
 async fn rollback(state: &Arc<AgentState>, record: &SandboxRecord) {
-    if let Err(e) = teardown::release(&state.config.cni.bin_dirs, record).await {
-        tracing::error!(id = %record.id, error = %e, "rollback could not release the sandbox");
-        return;
-    }
-    if let Err(e) = teardown::remove_dir(&record.dir).await {
-        tracing::error!(id = %record.id, error = %e, "rollback could not remove the sandbox dir");
-        return;
-    }
-    let store_state = state.clone();
-    let id = record.id.clone();
-    let deleted = tokio::task::spawn_blocking(move || {
-        store_state
-            .sandboxes
-            .records
-            .delete(&store_state.store, &id)
-    })
-    .await
-    .expect("store writes do not panic");
-    if let Err(e) = deleted {
-        tracing::error!(id = %record.id, error = %e, "rollback could not delete the record");
+    if let Err(e) = teardown::discard(state, record).await {
+        tracing::error!(id = %record.id, error = %e, "cannot roll the sandbox back");
     }
 }
 
 /// Writes the record (on the blocking pool: the store fsyncs).
 pub(super) async fn persist(state: &Arc<AgentState>, record: SandboxRecord) -> Result<()> {
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || state.sandboxes.records.put(&state.store, record))
+    state
+        .write(move |s| s.sandboxes.records.put(&s.store, record))
         .await
-        .expect("store writes do not panic")
         .map_err(Error::from)
 }

@@ -84,6 +84,29 @@ fn verbose_info(record: &SandboxRecord) -> serde_json::Value {
             "detached": n.detached,
             "cniResult": n.result,
         })),
+        "overhead": record.resources.overhead.as_ref().map(resources_json),
+        "resources": record.resources.resources.as_ref().map(resources_json),
+    })
+}
+
+/// CRI Linux resources as `crictl inspectp` shows them.
+fn resources_json(resources: &cri::LinuxContainerResources) -> serde_json::Value {
+    let hugepages: Vec<serde_json::Value> = resources
+        .hugepage_limits
+        .iter()
+        .map(|h| serde_json::json!({"pageSize": h.page_size, "limit": h.limit}))
+        .collect();
+    serde_json::json!({
+        "cpuPeriod": resources.cpu_period,
+        "cpuQuota": resources.cpu_quota,
+        "cpuShares": resources.cpu_shares,
+        "memoryLimitInBytes": resources.memory_limit_in_bytes,
+        "memorySwapLimitInBytes": resources.memory_swap_limit_in_bytes,
+        "oomScoreAdj": resources.oom_score_adj,
+        "cpusetCpus": resources.cpuset_cpus,
+        "cpusetMems": resources.cpuset_mems,
+        "hugepageLimits": hugepages,
+        "unified": resources.unified,
     })
 }
 
@@ -127,6 +150,7 @@ mod tests {
                 ips: vec!["10.88.0.5".into(), "fd00::5".into()],
                 detached: false,
             }),
+            resources: Default::default(),
         }
     }
 

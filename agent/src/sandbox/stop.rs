@@ -33,22 +33,18 @@ pub(super) async fn stop_locked(state: &Arc<AgentState>, record: SandboxRecord) 
     {
         return Ok(());
     }
-    let store_state = state.clone();
     let id = record.id.clone();
-    tokio::task::spawn_blocking(move || {
-        store_state
-            .sandboxes
-            .records
-            .update(&store_state.store, &id, |r| {
+    state
+        .write(move |s| {
+            s.sandboxes.records.update(&s.store, &id, |r| {
                 r.state = SandboxState::NotReady;
                 if let Some(network) = r.network.as_mut() {
                     network.detached = true;
                 }
             })
-    })
-    .await
-    .expect("store writes do not panic")
-    .map_err(Error::from)?;
+        })
+        .await
+        .map_err(Error::from)?;
     tracing::info!(id = %record.id, "pod sandbox stopped");
     Ok(())
 }

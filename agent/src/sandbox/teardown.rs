@@ -5,7 +5,9 @@
 
 use super::{files, network, pid_init, SandboxError, SandboxRecord};
 use crate::network::netns;
+use crate::server::AgentState;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Stops the pod's init, detaches its network, unmounts its `/dev/shm` and
 /// removes its namespaces. The network is detached only once (the record
@@ -36,6 +38,33 @@ pub async fn release(bin_dirs: &[PathBuf], record: &SandboxRecord) -> Result<(),
     })
     .await
     .expect("releasing mounts does not panic")
+}
+
+/// Releases the sandbox, removes its directory and deletes its record:
+/// the end of RemovePodSandbox, of a failed RunPodSandbox and of a sandbox
+/// that a crash interrupted while it was being created.
+pub async fn discard(state: &Arc<AgentState>, record: &SandboxRecord) -> crate::Result<()> {
+    release(&state.config.cni.bin_dirs, record).await?;
+    remove_dir(&record.dir).await?;
+    let id = record.id.clone();
+    state
+        .write(move |s| s.sandboxes.records.delete(&s.store, &id))
+        .await?;
+    Ok(())
+}
+
+/// Unmounts everything at or below `dir`, deepest first, detaching busy
+/// mounts: for directories berth finds without a record.
+pub async fn unmount_all_under(dir: &Path) {
+    let dir = dir.to_owned();
+    let unmounted = tokio::task::spawn_blocking(move || {
+        for mount in mounts_under(&dir).iter().rev() {
+            // What cannot be unmounted stays, and remove_dir refuses then.
+            let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    })
+    .await;
+    unmounted.expect("unmounting does not panic");
 }
 
 /// Removes the sandbox directory; refuses while anything is still mounted

@@ -82,12 +82,16 @@ impl ImageService for CriService {
             identity_token: auth.identity_token,
             registry_token: auth.registry_token,
         });
-        let record = self
-            .state
-            .images
-            .pull(name, auth, deadline)
-            .await
-            .map_err(Error::from)?;
+        let pulled = self.state.images.pull(name, auth, deadline).await;
+        // Past the client's deadline the answer is DeadlineExceeded whatever
+        // the pull's outcome: a layer task may have seen its siblings
+        // cancelled first, and a late success reaches nobody.
+        if deadline.is_some_and(|at| Instant::now() >= at) {
+            return Err(Status::deadline_exceeded(format!(
+                "pulling {name}: the client's deadline passed"
+            )));
+        }
+        let record = pulled.map_err(Error::from)?;
         Ok(Response::new(cri::PullImageResponse {
             image_ref: record.id,
         }))

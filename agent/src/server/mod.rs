@@ -28,6 +28,20 @@ pub struct AgentState {
     pub containers: crate::container::Containers,
 }
 
+impl AgentState {
+    /// Runs `write` on the blocking pool: store commits fsync, and an async
+    /// worker must not wait for the disk.
+    pub async fn write<T: Send + 'static>(
+        self: &Arc<Self>,
+        write: impl FnOnce(&AgentState) -> T + Send + 'static,
+    ) -> T {
+        let state = Arc::clone(self);
+        tokio::task::spawn_blocking(move || write(&state))
+            .await
+            .expect("store writes do not panic")
+    }
+}
+
 /// The CRI services, both backed by one [`AgentState`].
 #[derive(Debug, Clone)]
 pub struct CriService {

@@ -133,6 +133,14 @@ impl RuntimeService for CriService {
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
+    async fn update_pod_sandbox_resources(
+        &self,
+        request: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+        sandbox::update::update_resources(&self.state, request.into_inner()).await?;
+        Ok(Response::new(cri::UpdatePodSandboxResourcesResponse {}))
+    }
+
     async fn reopen_container_log(
         &self,
         request: Request<cri::ReopenContainerLogRequest>,
@@ -163,7 +171,6 @@ impl RuntimeService for CriService {
         restore_pod(cri::RestorePodRequest) -> cri::RestorePodResponse;
         list_metric_descriptors(cri::ListMetricDescriptorsRequest) -> cri::ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest) -> cri::ListPodSandboxMetricsResponse;
-        update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest) -> cri::UpdatePodSandboxResourcesResponse;
     }
 
     type StreamPodSandboxesStream = ResponseStream<cri::StreamPodSandboxesResponse>;

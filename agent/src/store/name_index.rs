@@ -28,6 +28,24 @@ impl NameIndex {
         Self::default()
     }
 
+    /// An index holding the `(name, id)` pairs of records loaded at start-up.
+    /// Ids are unique, so a clash cannot happen; it would keep the first owner.
+    pub fn with_owners<'a>(owners: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let index = Self::new();
+        {
+            let mut names = index
+                .names
+                .lock()
+                .expect("name index lock is never poisoned");
+            for (name, id) in owners {
+                names
+                    .entry(name.to_owned())
+                    .or_insert_with(|| id.to_owned());
+            }
+        }
+        index
+    }
+
     /// Reserves `name` for `id`; reserving it again for the same id is fine.
     pub fn reserve(&self, name: &str, id: &str) -> Result<Reservation, NameInUse> {
         let mut names = self
@@ -102,6 +120,15 @@ impl Drop for Reservation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loaded_owners_keep_their_names() {
+        let index = NameIndex::with_owners([("pod_a", "id1"), ("pod_b", "id2")]);
+        let clash = index.reserve("pod_a", "id3").expect_err("owned");
+        assert_eq!(clash.id, "id1");
+        index.release("pod_b", "id2");
+        index.reserve("pod_b", "id3").expect("released").commit();
+    }
 
     #[test]
     fn a_failed_create_releases_its_name() {

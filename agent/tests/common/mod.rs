@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+// The same leak probes as the e2e suite's.
+pub use berth_e2e::leaks::{mounts_under, processes_referring_to};
+
 /// A running berthd and a client.
 pub struct Daemon {
     pub dir: tempfile::TempDir,
@@ -232,8 +235,15 @@ fn placeholder_client() -> RuntimeServiceClient<Channel> {
 
 /// A CRI client on a unix socket.
 pub async fn connect(socket: &Path) -> Result<RuntimeServiceClient<Channel>, String> {
+    Ok(RuntimeServiceClient::new(channel(socket).await?)
+        .max_decoding_message_size(16 * 1024 * 1024)
+        .max_encoding_message_size(16 * 1024 * 1024))
+}
+
+/// A gRPC channel on the unix socket `socket`.
+async fn channel(socket: &Path) -> Result<Channel, String> {
     let socket = socket.to_owned();
-    let channel = Endpoint::try_from("http://berth.invalid")
+    Endpoint::try_from("http://berth.invalid")
         .map_err(|e| e.to_string())?
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
@@ -244,10 +254,7 @@ pub async fn connect(socket: &Path) -> Result<RuntimeServiceClient<Channel>, Str
             }
         }))
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(RuntimeServiceClient::new(channel)
-        .max_decoding_message_size(16 * 1024 * 1024)
-        .max_encoding_message_size(16 * 1024 * 1024))
+        .map_err(|e| e.to_string())
 }
 
 /// A pod config with the given name.
@@ -322,16 +329,6 @@ pub async fn remove_pod(client: &mut RuntimeServiceClient<Channel>, id: &str) {
         })
         .await
         .expect("remove pod");
-}
-
-/// Mount points at or below `dir`.
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .filter(|m| Path::new(m).starts_with(dir))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Runs `f` on a thread inside the namespace file at `path` of `flag`.
@@ -428,17 +425,7 @@ impl Drop for Registry {
 /// Pulls `image` through the daemon's ImageService.
 pub async fn pull(daemon: &Daemon, image: &str) {
     use berth_proto::cri::v1::image_service_client::ImageServiceClient;
-    let socket = daemon.config.socket_path();
-    let channel = Endpoint::try_from("http://berth.invalid")
-        .expect("endpoint")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
+    let channel = channel(&daemon.config.socket_path())
         .await
         .expect("connect");
     ImageServiceClient::new(channel)
@@ -468,26 +455,4 @@ pub fn container_config(name: &str, command: &[&str]) -> cri::ContainerConfig {
         log_path: format!("{name}.log"),
         ..Default::default()
     }
-}
-
-/// Processes other than this one whose command line names `dir` (shims
-/// name the CRI socket in it).
-pub fn processes_referring_to(dir: &Path) -> Vec<String> {
-    let needle = dir.to_string_lossy().into_owned();
-    let me = std::process::id().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|pid| pid.chars().all(|c| c.is_ascii_digit()) && *pid != me)
-        .filter_map(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline
-                .contains(&needle)
-                .then(|| format!("pid {pid}: {}", cmdline.trim()))
-        })
-        .collect()
 }
