@@ -565,3 +565,131 @@ async fn memory_hogs_are_oom_killed() {
     remove_pod(client, &pod).await;
     daemon.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn image_volumes_mount_images_read_only() {
+    let registry = Registry::start(5025);
+    let daemon = start_daemon(25, &registry).await;
+    let client = &mut daemon.client.clone();
+    let pod_config = pod_with_logs(&daemon, "imgvol");
+    let pod = run_pod(client, pod_config.clone()).await.expect("run pod");
+    let with_volume = |name: &str, sub_path: &str, readonly: bool, image: &str| {
+        let mut config = container_config(name, &["sleep", "1000"]);
+        config.mounts = vec![cri::Mount {
+            container_path: "/mnt/image".into(),
+            readonly,
+            image: Some(cri::ImageSpec {
+                image: image.to_owned(),
+                ..Default::default()
+            }),
+            image_sub_path: sub_path.to_owned(),
+            ..Default::default()
+        }];
+        config
+    };
+
+    let whole = create(
+        client,
+        &pod,
+        &pod_config,
+        with_volume("whole", "", true, BUSYBOX),
+    )
+    .await
+    .expect("create with an image volume");
+    start(client, &whole).await.expect("start");
+    let listed = exec(client, &whole, &["/mnt/image/bin/ls", "/mnt/image/etc"], 10)
+        .await
+        .expect("exec");
+    assert_eq!(listed.exit_code, 0, "{listed:?}");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("passwd"));
+    let write = exec(client, &whole, &["touch", "/mnt/image/written"], 10)
+        .await
+        .expect("exec");
+    assert_ne!(write.exit_code, 0, "the image volume is read-only");
+    assert!(
+        String::from_utf8_lossy(&write.stderr).contains("Read-only"),
+        "{write:?}"
+    );
+    let reported = status(client, &whole).await.expect("status");
+    let mount = reported
+        .mounts
+        .iter()
+        .find(|m| m.container_path == "/mnt/image")
+        .expect("the image volume is reported");
+    assert_eq!(
+        mount.image.as_ref().map(|i| i.image_ref.as_str()),
+        Some(reported.image_id.as_str()),
+        "the mount names the image's ID"
+    );
+
+    let sub = create(
+        client,
+        &pod,
+        &pod_config,
+        with_volume("sub", "etc", true, BUSYBOX),
+    )
+    .await
+    .expect("create with a sub path");
+    start(client, &sub).await.expect("start");
+    let passwd = exec(client, &sub, &["cat", "/mnt/image/passwd"], 10)
+        .await
+        .expect("exec");
+    assert_eq!(passwd.exit_code, 0, "{passwd:?}");
+    assert!(String::from_utf8_lossy(&passwd.stdout).starts_with("root:"));
+
+    let refused: [(cri::ContainerConfig, tonic::Code, &str); 4] = [
+        (
+            with_volume("rw", "", false, BUSYBOX),
+            tonic::Code::InvalidArgument,
+            "mounts[0].readonly",
+        ),
+        (
+            with_volume("missing", "not-there", true, BUSYBOX),
+            tonic::Code::InvalidArgument,
+            "mounts[0].image_sub_path",
+        ),
+        (
+            with_volume("escape", "../..", true, BUSYBOX),
+            tonic::Code::InvalidArgument,
+            "mounts[0].image_sub_path",
+        ),
+        (
+            with_volume("unknown", "", true, "registry.k8s.io/not-pulled:1"),
+            tonic::Code::NotFound,
+            "not-pulled",
+        ),
+    ];
+    for (config, code, named) in refused {
+        let err = create(client, &pod, &pod_config, config)
+            .await
+            .expect_err(named);
+        assert_eq!(err.code(), code, "{err}");
+        assert!(err.message().contains(named), "{err}");
+    }
+    // Refused creations left no container, mount or view behind.
+    let listed = client
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let volumes = common::mounts_under(daemon.dir.path())
+        .into_iter()
+        .filter(|m| m.contains("/volumes/"))
+        .count();
+    assert_eq!(volumes, 2, "one image volume mount per created container");
+
+    remove_pod(client, &pod).await;
+    assert!(
+        common::mounts_under(daemon.dir.path())
+            .iter()
+            .all(|m| !m.contains("/volumes/")),
+        "RemovePodSandbox unmounts the image volumes"
+    );
+    // The views are gone with their containers: nothing stands on the image.
+    common::remove_image(&daemon, BUSYBOX)
+        .await
+        .expect("the image is removable once its containers are gone");
+    daemon.finish().await;
+}

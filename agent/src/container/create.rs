@@ -15,6 +15,7 @@
 //! away before the end gets its container rolled back.
 
 use super::exit;
+use super::image_volume::{self, ImageVolume};
 use super::record::{
     bundle_dir, ContainerError, ContainerRecord, ContainerState, ImageInfo, ProcessUser,
     CONTAINER_RECORD_VERSION,
@@ -90,6 +91,8 @@ async fn create_task(
         .await?
         .ok_or_else(|| ContainerError::ImageNotFound(image_name.clone()))?;
     let image_config = state.images.config(&image).await?;
+    let mut config = config;
+    let image_volumes = image_volume::resolve(&state, &mut config).await?;
     let image_config = ImageConfig {
         user: image_config.config.user.clone().unwrap_or_default(),
         env: image_config.config.env.clone(),
@@ -168,7 +171,15 @@ async fn create_task(
     };
     persist(&state, record.clone()).await?;
     let parent = image.top_chain_id().map(str::to_owned);
-    let made = make(&state, &sandbox, &mut record, parent, image_config).await;
+    let made = make(
+        &state,
+        &sandbox,
+        &mut record,
+        parent,
+        image_config,
+        image_volumes,
+    )
+    .await;
     let made = made.and_then(|()| match client_gone.try_recv() {
         Err(oneshot::error::TryRecvError::Closed) => Err(ContainerError::Abandoned.into()),
         _ => Ok(()),
@@ -223,6 +234,7 @@ async fn make(
     record: &mut ContainerRecord,
     parent: Option<String>,
     image_config: ImageConfig,
+    image_volumes: Vec<ImageVolume>,
 ) -> Result<()> {
     let target_pid = target_pid_namespace(state, record)?;
     let prepared = {
@@ -230,7 +242,12 @@ async fn make(
         let sandbox = sandbox.clone();
         let record = record.clone();
         tokio::task::spawn_blocking(move || {
-            prepare_bundle(&state, &sandbox, &record, parent, &image_config, target_pid)
+            let image = ImageParts {
+                parent,
+                config: image_config,
+                volumes: image_volumes,
+            };
+            prepare_bundle(&state, &sandbox, &record, &image, target_pid)
         })
         .await
         .expect("preparing a bundle does not panic")?
@@ -308,13 +325,20 @@ fn target_pid_namespace(state: &AgentState, record: &ContainerRecord) -> Result<
     Ok(Some(PathBuf::from(format!("/proc/{}/ns/pid", target.pid))))
 }
 
-/// Snapshot, users, spec, `config.json`.
+/// What a container takes from its images.
+struct ImageParts {
+    /// The snapshot parent of the rootfs: the image's top chain ID.
+    parent: Option<String>,
+    config: ImageConfig,
+    volumes: Vec<ImageVolume>,
+}
+
+/// Snapshot, image volumes, users, spec, `config.json`.
 fn prepare_bundle(
     state: &AgentState,
     sandbox: &SandboxRecord,
     record: &ContainerRecord,
-    parent: Option<String>,
-    image_config: &ImageConfig,
+    image: &ImageParts,
     target_pid: Option<PathBuf>,
 ) -> Result<Prepared> {
     let bundle = &record.bundle;
@@ -334,9 +358,10 @@ fn prepare_bundle(
 
     let snapshotter = state.images.snapshotter();
     let mounts = snapshotter
-        .prepare(&record.id, parent.as_deref())
+        .prepare(&record.id, image.parent.as_deref())
         .map_err(ContainerError::from)?;
     let users = read_image_users(&mounts, &rootfs)?;
+    let image_volumes = image_volume::mount_all(snapshotter, bundle, &record.id, &image.volumes)?;
 
     let host = HostFacts::detect(&state.cgroup_layout).map_err(ContainerError::from)?;
     let ns = &sandbox.namespaces;
@@ -364,12 +389,13 @@ fn prepare_bundle(
         config: &record.config,
         sandbox_config: &sandbox.config,
         image_name: &record.image.name,
-        image: image_config,
+        image: &image.config,
         users: &users,
         rootfs: &rootfs,
         namespaces: &namespaces,
         target_pid_namespace: target_pid.as_deref(),
         pod_files: &pod_files,
+        image_volumes: &image_volumes,
         cgroup_driver: state.cgroup_driver,
         host: &host,
     })

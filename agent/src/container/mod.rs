@@ -30,6 +30,7 @@ mod devices;
 pub mod exec_sync;
 pub mod exit;
 mod host;
+pub mod image_volume;
 pub mod lifecycle;
 pub mod list;
 mod mounts;

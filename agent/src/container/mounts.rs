@@ -29,6 +29,7 @@ use super::host::{self, MountinfoEntry};
 use super::spec::{PodFiles, SpecError};
 use berth_proto::cri::v1 as cri;
 use oci_spec::runtime::Mount;
+use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,8 @@ const ALLOWED_EXTRA_OPTIONS: [&str; 7] = [
 #[derive(Debug)]
 pub(crate) struct MountInput<'a> {
     pub cri_mounts: &'a [cri::Mount],
+    /// The mounted image volumes, by index in `cri_mounts`.
+    pub image_volumes: &'a BTreeMap<usize, PathBuf>,
     pub pod_files: &'a PodFiles,
     /// The pod shares the host's IPC namespace, hence its `/dev/shm`.
     pub host_ipc: bool,
@@ -88,7 +91,7 @@ pub(crate) fn plan(input: &MountInput<'_>) -> Result<MountPlan, SpecError> {
         .cri_mounts
         .iter()
         .enumerate()
-        .map(|(i, m)| cri_bind(i, m))
+        .map(|(i, m)| cri_bind(i, m, input.image_volumes.get(&i)))
         .collect::<Result<Vec<_>, _>>()?;
 
     let files = input.pod_files;
@@ -169,16 +172,27 @@ pub(crate) fn plan(input: &MountInput<'_>) -> Result<MountPlan, SpecError> {
     })
 }
 
-fn cri_bind(index: usize, m: &cri::Mount) -> Result<Bind, SpecError> {
+/// The bind of CRI mount `index`; `image_volume` is where its image is
+/// mounted when it is an image volume.
+fn cri_bind(
+    index: usize,
+    m: &cri::Mount,
+    image_volume: Option<&PathBuf>,
+) -> Result<Bind, SpecError> {
     let field = format!("mounts[{index}]");
     let invalid =
         |part: &str, reason: String| SpecError::invalid(format!("{field}.{part}"), reason);
-    if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
-        return Err(SpecError::Unsupported {
-            field: format!("{field}.image"),
-            what: "an image volume",
-        });
-    }
+    let wants_image = m.image.as_ref().is_some_and(|i| !i.image.is_empty());
+    let source = match (wants_image, image_volume) {
+        (true, Some(dir)) => dir.clone(),
+        (true, None) => {
+            return Err(invalid(
+                "image",
+                "the image volume was not mounted".to_owned(),
+            ))
+        }
+        (false, _) => PathBuf::from(&m.host_path),
+    };
     if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
         return Err(SpecError::Unsupported {
             field: format!("{field}.uidMappings"),
@@ -191,7 +205,7 @@ fn cri_bind(index: usize, m: &cri::Mount) -> Result<Bind, SpecError> {
             format!("{:?} is not an absolute path", m.container_path),
         ));
     }
-    if !m.host_path.starts_with('/') {
+    if !source.is_absolute() {
         return Err(invalid(
             "host_path",
             format!("{:?} is not an absolute path", m.host_path),
@@ -236,7 +250,7 @@ fn cri_bind(index: usize, m: &cri::Mount) -> Result<Bind, SpecError> {
     Ok(Bind {
         field,
         destination: clean(&m.container_path),
-        source: PathBuf::from(&m.host_path),
+        source,
         readonly: m.readonly,
         recursive_readonly: m.recursive_read_only,
         propagation,
@@ -396,6 +410,44 @@ mod tests {
 27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
 ";
 
+    static NO_IMAGE_VOLUMES: BTreeMap<usize, PathBuf> = BTreeMap::new();
+
+    #[test]
+    fn image_volumes_bind_their_mounted_image_read_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image_root = dir.path().join("volumes/0");
+        std::fs::create_dir_all(&image_root).expect("mkdir");
+        let mounts = [cri::Mount {
+            container_path: "/mnt/image".into(),
+            readonly: true,
+            image: Some(cri::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        let volumes = BTreeMap::from([(0, image_root.clone())]);
+        let plan = plan(&MountInput {
+            image_volumes: &volumes,
+            ..input(&mounts, &PodFiles::default(), MOUNTINFO)
+        })
+        .expect("plan");
+        let bind = plan
+            .mounts
+            .iter()
+            .find(|m| m.destination() == Path::new("/mnt/image"))
+            .expect("the image volume is mounted");
+        assert_eq!(
+            bind.source().as_deref(),
+            Some(
+                std::fs::canonicalize(&image_root)
+                    .expect("canonical")
+                    .as_path()
+            )
+        );
+        assert_eq!(options_of(&plan, "/mnt/image"), ["rbind", "rprivate", "ro"]);
+    }
+
     fn input<'a>(
         mounts: &'a [cri::Mount],
         files: &'a PodFiles,
@@ -403,6 +455,7 @@ mod tests {
     ) -> MountInput<'a> {
         MountInput {
             cri_mounts: mounts,
+            image_volumes: &NO_IMAGE_VOLUMES,
             pod_files: files,
             host_ipc: false,
             readonly_rootfs: false,
@@ -677,7 +730,7 @@ mod tests {
             (cri::Mount { mount_options: vec!["bind".into()], ..ok.clone() }, "mounts[0].mount_options: option \"bind\" is not one of"),
             (
                 cri::Mount { image: Some(cri::ImageSpec { image: "busybox".into(), ..Default::default() }), ..ok.clone() },
-                "mounts[0].image: an image volume is not supported by berth",
+                "mounts[0].image: the image volume was not mounted",
             ),
             (
                 cri::Mount { uid_mappings: vec![cri::IdMapping { host_id: 1000, container_id: 0, length: 1 }], ..ok.clone() },

@@ -179,6 +179,8 @@ pub struct SpecInput<'a> {
     /// target_id`; required when the PID mode is `TARGET`.
     pub target_pid_namespace: Option<&'a Path>,
     pub pod_files: &'a PodFiles,
+    /// The mounted image volumes, by index in `config.mounts`.
+    pub image_volumes: &'a std::collections::BTreeMap<usize, PathBuf>,
     pub cgroup_driver: CgroupDriver,
     pub host: &'a HostFacts,
 }
@@ -279,6 +281,7 @@ pub fn build_container_spec(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .any(|n| n.typ() == LinuxNamespaceType::Cgroup);
     let mounts = mounts::plan(&mounts::MountInput {
         cri_mounts: &config.mounts,
+        image_volumes: input.image_volumes,
         pod_files: input.pod_files,
         host_ipc: input.namespaces.ipc.is_none(),
         readonly_rootfs: sc.readonly_rootfs,
@@ -790,6 +793,7 @@ mod tests {
                 namespaces: &self.namespaces,
                 target_pid_namespace: self.target.as_deref(),
                 pod_files: &self.files,
+                image_volumes: &std::collections::BTreeMap::new(),
                 cgroup_driver: self.driver,
                 host: &self.host,
             })

@@ -3,6 +3,7 @@
 //! RemoveContainer, the rollback of a failed CreateContainer and recovery;
 //! every step tolerates what is already gone.
 
+use super::image_volume;
 use super::record::{ContainerRecord, ContainerState};
 use crate::server::AgentState;
 use crate::shim_client;
@@ -25,9 +26,18 @@ pub async fn remove(state: &Arc<AgentState>, record: &ContainerRecord) -> Result
         for mount in mounts.iter().rev() {
             let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
-        match blocking_state.images.snapshotter().remove(&id) {
-            Ok(()) | Err(berth_snapshotter::Error::NotFound { .. }) => {}
-            Err(e) => return Err(super::ContainerError::from(e).into()),
+        let snapshotter = blocking_state.images.snapshotter();
+        let volumes = snapshotter
+            .list()
+            .map_err(super::ContainerError::from)?
+            .into_iter()
+            .filter(|info| image_volume::is_volume_of(&info.key, &id))
+            .map(|info| info.key);
+        for key in volumes.chain([id.clone()]) {
+            match snapshotter.remove(&key) {
+                Ok(()) | Err(berth_snapshotter::Error::NotFound { .. }) => {}
+                Err(e) => return Err(super::ContainerError::from(e).into()),
+            }
         }
         match std::fs::remove_dir_all(&bundle) {
             Ok(()) => {}

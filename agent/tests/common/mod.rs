@@ -440,6 +440,23 @@ pub async fn pull(daemon: &Daemon, image: &str) {
         .expect("pull");
 }
 
+/// Removes `image` through the daemon's ImageService.
+pub async fn remove_image(daemon: &Daemon, image: &str) -> Result<(), tonic::Status> {
+    use berth_proto::cri::v1::image_service_client::ImageServiceClient;
+    let channel = channel(&daemon.config.socket_path())
+        .await
+        .expect("connect");
+    ImageServiceClient::new(channel)
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.to_owned(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map(drop)
+}
+
 /// A container config running `command` in busybox, logging to `log`.
 pub fn container_config(name: &str, command: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
