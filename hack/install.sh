@@ -186,6 +186,7 @@ print_versions() {
     row clippy "$(first_line cargo clippy --version)"
     row go "$(first_line "$GO" version)"
     row crictl "$(first_line "$BINDIR/crictl" --version)"
+    row containerd-shim "$("$EXTERNAL_SHIM" -v 2>&1 | grep -m1 Version | tr -s " \t" " " || true)"
     row critest "$("$BINDIR/critest" --version 2>/dev/null | grep -m1 '^critest version' || true)"
     # A crictl earlier on PATH (e.g. an old `go install` into ~/go/bin) would
     # shadow the one installed here.
@@ -196,7 +197,23 @@ print_versions() {
     fi
 }
 
+# Debian's containerd-shim-runc-v2 (containerd 1.6), the external shim v2
+# the tests run as a RuntimeClass handler. Only the shim binary is taken
+# from the package (apt-get download + dpkg-deb): installing containerd
+# would start a containerd daemon on a node meant for berth.
+EXTERNAL_SHIM="$STAMP_DIR/bin/containerd-shim-runc-v2"
+install_external_shim() {
+    [ -x "$EXTERNAL_SHIM" ] && return
+    apt_update_once
+    local deb_dir="$WORK/containerd-deb"
+    mkdir -p "$deb_dir"
+    (cd "$deb_dir" && quietly "apt-get download containerd" apt-get download -q containerd)
+    dpkg-deb -x "$deb_dir"/containerd_*.deb "$deb_dir/root"
+    install -D -m 0755 "$deb_dir/root/usr/bin/containerd-shim-runc-v2" "$EXTERNAL_SHIM"
+}
+
 install_apt_packages
+install_external_shim
 install_rust
 setup_go
 install_crictl

@@ -139,7 +139,18 @@ pub struct RuntimeConfig {
 #[serde(deny_unknown_fields)]
 pub struct HandlerConfig {
     /// The OCI runtime binary (name on PATH or absolute path).
+    #[serde(default = "default_runtime_path")]
     pub runtime_path: PathBuf,
+    /// An external containerd shim v2 binary that serves this handler's
+    /// containers instead of berth's shim (name on PATH or absolute path),
+    /// e.g. `containerd-shim-runc-v2`; it is given `runtime_path` as its
+    /// runc-compatible binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shim: Option<PathBuf>,
+}
+
+fn default_runtime_path() -> PathBuf {
+    PathBuf::from("runc")
 }
 
 impl Default for Config {
@@ -226,6 +237,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         let handler = |binary: &str| HandlerConfig {
             runtime_path: PathBuf::from(binary),
+            shim: None,
         };
         Self {
             default_handler: "runc".to_owned(),

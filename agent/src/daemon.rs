@@ -90,6 +90,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         images: Arc::new(images),
         sandboxes,
         containers,
+        events: Default::default(),
     });
     crate::recovery::recover(&state).await;
     let service = CriService::new(state.clone());
@@ -111,7 +112,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
                 .max_decoding_message_size(max_message_size)
                 .max_encoding_message_size(max_message_size),
         )
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), {
+            let state = state.clone();
+            async move {
+                shutdown.await;
+                // Event streams never end by themselves; the graceful
+                // shutdown waits for every open call.
+                state.events.close();
+            }
+        })
         .await;
 
     state.containers.stop_watchers().await;

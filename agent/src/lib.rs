@@ -9,7 +9,7 @@
 //! spec translation, [`shim_client`] their shims, [`recovery`] what
 //! start-up repairs, [`binaries`] where the helper binaries are. Errors
 //! are [`Error`], mapped to gRPC codes in one place (`error.rs`).
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod binaries;
 pub mod cgroups;
@@ -17,6 +17,8 @@ pub mod config;
 pub mod container;
 pub mod daemon;
 mod error;
+pub mod events;
+pub mod memory;
 pub mod metrics;
 pub mod network;
 pub mod recovery;

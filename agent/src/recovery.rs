@@ -123,7 +123,7 @@ async fn remove_orphan_bundles(state: &Arc<AgentState>) {
         let bundle = entry.path();
         tracing::info!(bundle = %bundle.display(), "removing a container bundle without a record");
         if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
-            match crate::shim_client::ShimClient::connect(&id, address.trim()).await {
+            match crate::shim_client::ShimClient::connect_probing(&id, address.trim()).await {
                 Ok(client) => {
                     let _ = client
                         .kill("", nix::sys::signal::Signal::SIGKILL as u32, true)
@@ -133,8 +133,13 @@ async fn remove_orphan_bundles(state: &Arc<AgentState>) {
                     let _ = client.shutdown(true).await;
                 }
                 Err(_) => {
-                    let _ = crate::shim_client::cleanup_dead(&state.containers.shim, &id, &bundle)
-                        .await;
+                    // Without a record the handler is unknown: berth's own
+                    // shim cleans up (`runc delete`, unmount).
+                    if let Ok(shim) = crate::shim_client::Shim::new(None) {
+                        let settings = &state.containers.shim;
+                        let _ =
+                            crate::shim_client::cleanup_dead(settings, &shim, &id, &bundle).await;
+                    }
                 }
             }
         }

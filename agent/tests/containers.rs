@@ -693,3 +693,184 @@ async fn image_volumes_mount_images_read_only() {
         .expect("the image is removable once its containers are gone");
     daemon.finish().await;
 }
+
+/// A handler whose shim is Debian's containerd-shim-runc-v2 (containerd
+/// 1.6): containers run, log in the CRI format through berth's logging
+/// binary, exec, reopen their log, survive a restart of berthd and stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn external_shim_handlers_run_containers() {
+    let registry = Registry::start(5026);
+    let mut daemon = Daemon::start(
+        26,
+        Options {
+            registry_config_path: Some(registry.mirrors_dir().to_owned()),
+            handlers: vec![(
+                "runc-v2".to_owned(),
+                berth_agent::config::HandlerConfig {
+                    runtime_path: "runc".into(),
+                    // Put there by hack/install.sh, from Debian's package.
+                    shim: Some("/usr/local/lib/berth/bin/containerd-shim-runc-v2".into()),
+                },
+            )],
+            ..Options::default()
+        },
+    )
+    .await;
+    pull(&daemon, BUSYBOX).await;
+    let client = &mut daemon.client.clone();
+    let pod_config = pod_with_logs(&daemon, "external");
+    let pod = client
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config.clone()),
+            runtime_handler: "runc-v2".to_owned(),
+        })
+        .await
+        .expect("run pod")
+        .into_inner()
+        .pod_sandbox_id;
+    let id = create(
+        client,
+        &pod,
+        &pod_config,
+        container_config(
+            "talker",
+            &[
+                "sh",
+                "-c",
+                "echo out; echo err >&2; while true; do echo tick; sleep 0.2; done",
+            ],
+        ),
+    )
+    .await
+    .expect("create");
+    start(client, &id).await.expect("start");
+    let running = status(client, &id).await.expect("status");
+    assert_eq!(running.state, cri::ContainerState::ContainerRunning as i32);
+    let shims = common::processes_referring_to(daemon.dir.path());
+    assert!(
+        shims.iter().any(|p| p.contains("containerd-shim-runc-v2")),
+        "the external shim serves the container: {shims:?}"
+    );
+    let log = Path::new(&pod_config.log_directory).join("talker.log");
+    let text = wait_for_file(&log, "stderr F err");
+    assert!(text.contains(" stdout F out\n"), "{text}");
+
+    let out = exec(client, &id, &["sh", "-c", "echo $((6 * 7)); exit 3"], 10)
+        .await
+        .expect("exec");
+    assert_eq!(
+        (out.exit_code, String::from_utf8_lossy(&out.stdout).as_ref()),
+        (3, "42\n")
+    );
+
+    // Rotation: the old file is renamed away, the log reopened.
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    client
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("reopen");
+    assert!(log.exists(), "the log is reopened at its path");
+    wait_for_file(&log, "stdout F tick");
+
+    daemon.shutdown().await;
+    daemon.restart().await;
+    let client = &mut daemon.client.clone();
+    let kept = status(client, &id).await.expect("status after restart");
+    assert_eq!(kept.state, cri::ContainerState::ContainerRunning as i32);
+    client
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 5,
+        })
+        .await
+        .expect("stop");
+    let exited = status(client, &id).await.expect("status");
+    assert_eq!(
+        exited.state,
+        cri::ContainerState::ContainerExited as i32,
+        "{exited:?}"
+    );
+    assert_eq!(exited.exit_code, 143, "SIGTERM ended the shell: {exited:?}");
+    remove_pod(client, &pod).await;
+    daemon.finish().await;
+}
+
+/// GetContainerEvents streams every lifecycle change of pods and
+/// containers, each with the pod's status and its containers' statuses.
+#[tokio::test(flavor = "multi_thread")]
+async fn container_events_follow_the_lifecycle() {
+    use cri::ContainerEventType as Kind;
+    let registry = Registry::start(5027);
+    let daemon = start_daemon(27, &registry).await;
+    let client = &mut daemon.client.clone();
+    let mut events = client
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let pod_config = pod_with_logs(&daemon, "evented");
+    let pod = run_pod(client, pod_config.clone()).await.expect("run pod");
+    let id = create(
+        client,
+        &pod,
+        &pod_config,
+        container_config("quick", &["sh", "-c", "exit 5"]),
+    )
+    .await
+    .expect("create");
+    start(client, &id).await.expect("start");
+    wait_state(client, &id, cri::ContainerState::ContainerExited).await;
+    client
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("remove container");
+    stop_pod(client, &pod).await;
+    remove_pod(client, &pod).await;
+
+    let want = [
+        (&pod, Kind::ContainerCreatedEvent),
+        (&pod, Kind::ContainerStartedEvent),
+        (&id, Kind::ContainerCreatedEvent),
+        (&id, Kind::ContainerStartedEvent),
+        (&id, Kind::ContainerStoppedEvent),
+        (&id, Kind::ContainerDeletedEvent),
+        (&pod, Kind::ContainerStoppedEvent),
+        (&pod, Kind::ContainerDeletedEvent),
+    ];
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .unwrap_or_else(|_| panic!("no event after {got:?}"))
+            .expect("stream")
+            .expect("an event");
+        let sandbox = event.pod_sandbox_status.clone().expect("the pod's status");
+        assert_eq!(sandbox.id, pod);
+        assert_eq!(
+            sandbox.metadata.as_ref().map(|m| m.uid.as_str()),
+            Some("uid-evented")
+        );
+        if event.container_id == id
+            && event.container_event_type == Kind::ContainerStoppedEvent as i32
+        {
+            let status = event
+                .containers_statuses
+                .iter()
+                .find(|c| c.id == id)
+                .expect("the container's status");
+            assert_eq!(status.exit_code, 5);
+        }
+        got.push((event.container_id.clone(), event.container_event_type));
+    }
+    let want: Vec<(String, i32)> = want
+        .iter()
+        .map(|(id, kind)| ((*id).clone(), *kind as i32))
+        .collect();
+    assert_eq!(got, want);
+    daemon.finish().await;
+}

@@ -66,13 +66,15 @@ pub enum Error {
         source: protobuf::Error,
     },
 
-    /// A helper of the containerd-shim crate failed.
-    #[error("{context}: {source}")]
-    Shim {
-        context: &'static str,
+    #[error("encode {what}: {source}")]
+    Encode {
+        what: &'static str,
         #[source]
-        source: containerd_shim::Error,
+        source: protobuf::Error,
     },
+
+    #[error(transparent)]
+    Mount(#[from] crate::mount::MountError),
 
     #[error("ttrpc: {0}")]
     Ttrpc(#[from] ttrpc::Error),
@@ -106,7 +108,8 @@ impl Error {
             | Error::Sys { .. }
             | Error::Spawn { .. }
             | Error::Json { .. }
-            | Error::Shim { .. }
+            | Error::Encode { .. }
+            | Error::Mount(_)
             | Error::Ttrpc(_) => ttrpc::Code::INTERNAL,
         }
     }

@@ -16,7 +16,8 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use containerd_shim_protos::protobuf::MessageDyn;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::{self, Message};
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use containerd_shim_protos::shim_async::{Client, EventsClient};
@@ -77,11 +78,11 @@ impl Publisher {
     }
 
     /// Queues `event` under `topic`.
-    pub async fn publish(&self, topic: &str, event: impl MessageDyn) {
+    pub async fn publish(&self, topic: &str, event: impl Message) {
         let Some(queue) = self.queue.lock().expect("queue lock poisoned").clone() else {
             return;
         };
-        let any = match containerd_shim::util::convert_to_any(Box::new(event)) {
+        let any = match to_any(EVENTS_PACKAGE, &event) {
             Ok(any) => any,
             Err(e) => {
                 tracing::warn!(topic, "cannot encode event: {e}");
@@ -112,6 +113,22 @@ impl Publisher {
     }
 }
 
+/// The protobuf package of containerd's task events.
+pub const EVENTS_PACKAGE: &str = "containerd.events";
+
+/// Packs `message` as containerd does: `type_url` is the bare protobuf
+/// name (`containerd.events.TaskExit`), without a `type.googleapis.com/`
+/// prefix. The name is built from `package` and `Message::NAME` rather than
+/// read from the message descriptor: reflection would link protobuf's
+/// descriptor machinery into the shim and build descriptors on the heap.
+pub fn to_any<M: Message>(package: &str, message: &M) -> Result<Any, protobuf::Error> {
+    Ok(Any {
+        type_url: format!("{package}.{}", M::NAME),
+        value: message.write_to_bytes()?,
+        ..Default::default()
+    })
+}
+
 async fn forward_all(address: String, mut client: EventsClient, mut rx: mpsc::Receiver<Envelope>) {
     while let Some(envelope) = rx.recv().await {
         let topic = envelope.topic.clone();
@@ -139,6 +156,49 @@ async fn forward_all(address: String, mut client: EventsClient, mut rx: mpsc::Re
                     break;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use containerd_shim_protos::cgroups::metrics::Metrics;
+    use containerd_shim_protos::events::task::{
+        TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+    };
+    use containerd_shim_protos::protobuf::MessageFull;
+
+    use super::*;
+
+    #[test]
+    fn packs_events_under_their_protobuf_name() {
+        let exit = TaskExit {
+            id: "c1".into(),
+            pid: 7,
+            exit_status: 137,
+            ..Default::default()
+        };
+        let any = to_any(EVENTS_PACKAGE, &exit).expect("encode");
+        assert_eq!(any.type_url, "containerd.events.TaskExit");
+        assert_eq!(
+            TaskExit::parse_from_bytes(&any.value).expect("decode"),
+            exit
+        );
+
+        fn full_name<M: MessageFull>(package: &str) -> (String, String) {
+            let any = to_any(package, &M::default()).expect("encode");
+            (any.type_url, M::descriptor().full_name().to_string())
+        }
+        for (built, want) in [
+            full_name::<TaskCreate>(EVENTS_PACKAGE),
+            full_name::<TaskStart>(EVENTS_PACKAGE),
+            full_name::<TaskExit>(EVENTS_PACKAGE),
+            full_name::<TaskDelete>(EVENTS_PACKAGE),
+            full_name::<TaskExecAdded>(EVENTS_PACKAGE),
+            full_name::<TaskExecStarted>(EVENTS_PACKAGE),
+            full_name::<Metrics>(crate::stats::METRICS_PACKAGE),
+        ] {
+            assert_eq!(built, want);
         }
     }
 }

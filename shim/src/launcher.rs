@@ -2,7 +2,8 @@
 //! launch a shim server and clean up after a dead one.
 //!
 //! `start` computes the shim's socket, `unix://<dir>/<sha256 of
-//! "<-address>/<-namespace>/<-id>">` (the containerd-shim crate's naming),
+//! "<-address>/<-namespace>/<-id>">` (containerd's naming, see
+//! `SocketAddress` in containerd's `pkg/shim/util_unix.go`),
 //! where `<dir>` is `$BERTH_SHIM_SOCKET_DIR` or `/run/berth/s`. If a shim
 //! already answers there it is reused; a dead socket is removed. Otherwise
 //! it spawns the server ([`crate::service`]) with cwd = bundle and waits
@@ -17,6 +18,7 @@
 //! one, pid 0 and status 137 = 128 + SIGKILL, as containerd's runc shim).
 //! It refuses while the shim still answers: then use the task API.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
@@ -25,13 +27,14 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
-use containerd_shim::{Flags, StartOpts};
 use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::TASK_API_VERSION;
+use sha2::{Digest, Sha256};
 
 use crate::bundle::{self, ExitRecord};
 use crate::error::{Error, Result};
+use crate::flags::Flags;
 use crate::options::RuntimeOptions;
 use crate::process::timestamp;
 
@@ -207,14 +210,16 @@ pub fn socket_address(flags: &Flags) -> String {
         .ok()
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| DEFAULT_SOCKET_DIR.to_string());
-    StartOpts {
-        address: flags.address.clone(),
-        namespace: flags.namespace.clone(),
-        id: flags.id.clone(),
-        socket_dir: Some(dir),
-        ..Default::default()
-    }
-    .socket_address(&flags.id)
+    // Joined as paths (no doubled `/`), as containerd's `filepath.Join`.
+    let key = PathBuf::from(&flags.address)
+        .join(&flags.namespace)
+        .join(&flags.id);
+    let digest = Sha256::digest(key.as_os_str().as_encoded_bytes());
+    let hash = digest.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    });
+    format!("unix://{}/{hash}", dir.trim_end_matches('/'))
 }
 
 fn socket_path(address: &str) -> PathBuf {
@@ -238,8 +243,12 @@ mod tests {
         let hash = a
             .strip_prefix(&format!("unix://{dir}/"))
             .expect("in the socket dir");
-        assert_eq!(hash.len(), 64);
-        assert!(hash.chars().all(|c| c.is_ascii_hexdigit()));
+        // sha256("/run/berth/berthd.sock/k8s.io/c1"): running shims keep
+        // their names across upgrades.
+        assert_eq!(
+            hash,
+            "b5063b80610def54e526a1b2bcf7f7b61c9973fc23fd3acd349e9aef9a78a88d"
+        );
         let other = Flags {
             id: "c2".into(),
             ..flags

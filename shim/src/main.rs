@@ -1,11 +1,12 @@
 //! containerd-shim-berth-v2: the per-container shim of berth.
 //!
 //! Layout: one process per container owns it. `main.rs` dispatches the
-//! containerd shim v2 actions: `start` and `delete` ([`launcher`]) run
-//! briefly; without an action the binary is the shim server
-//! ([`service`]), which serves the task API ([`task`]) over ttrpc, drives
-//! runc or crun ([`oci_runtime`], chosen by [`options`]), copies stdio and
-//! writes CRI logs ([`io`]), reaps exits ([`reaper`], [`process`]),
+//! containerd shim v2 actions ([`flags`] parses the command line): `start`
+//! and `delete` ([`launcher`]) run briefly; without an action the binary is
+//! the shim server ([`service`]), which serves the task API ([`task`]) over
+//! ttrpc, mounts the rootfs ([`mount`]), drives runc or crun
+//! ([`oci_runtime`], chosen by [`options`]), copies stdio and writes CRI
+//! logs ([`io`]), reaps exits ([`reaper`], [`process`]),
 //! persists `exit.json` ([`bundle`]), reports cgroup stats ([`stats`]) and
 //! publishes events ([`events`]).
 //!
@@ -34,8 +35,10 @@
 mod bundle;
 mod error;
 mod events;
+mod flags;
 mod io;
 mod launcher;
+mod mount;
 mod oci_runtime;
 mod options;
 mod process;
@@ -60,8 +63,12 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    let args: Vec<_> = std::env::args_os().collect();
-    let flags = containerd_shim::parse(&args[1..]).context("parse arguments")?;
+    // Run as a containerd logging binary for an external shim's container.
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if let Some(logger) = io::logger::LoggerArgs::parse(&args) {
+        return io::logger::run(&logger?).context("log-cri");
+    }
+    let flags = flags::Flags::parse(args).context("parse arguments")?;
     if flags.version {
         println!("containerd-shim-berth-v2 {}", env!("CARGO_PKG_VERSION"));
         return Ok(());
@@ -75,6 +82,7 @@ fn run() -> anyhow::Result<()> {
             tracing::Level::INFO
         })
         .init();
+    anyhow::ensure!(!flags.info, "-info is not supported");
     let reply = match flags.action.as_str() {
         "start" => launcher::start(&flags).context("start")?,
         "delete" => launcher::delete(&flags).context("delete")?,

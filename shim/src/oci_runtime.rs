@@ -256,7 +256,7 @@ impl OciRuntime {
         });
         cmd.stdin(io.stdin).stdout(io.stdout).stderr(io.stderr);
 
-        let mut exits = Exits::subscribe().await?;
+        let mut exits = Exits::subscribe();
         tracing::debug!(runtime = %self.name, ?args, "run");
         let mut child = cmd.spawn().map_err(|source| Error::Spawn {
             binary: self.binary.clone(),

@@ -2,9 +2,10 @@
 //!
 //! The shim is a child subreaper, so the container's processes become its
 //! children once runc has set them up and exited. One task reaps every
-//! child on SIGCHLD (`waitpid(-1)`) and announces each exit through the
-//! containerd-shim crate's monitor, which fans it out to subscribers. The
-//! exit code is the process's, or 128 + signal for one a signal killed.
+//! child on SIGCHLD (`waitpid(-1)`) and announces each exit to every
+//! subscriber, through an unbounded channel each, so the reaper never
+//! waits on a slow subscriber. The exit code is the process's, or 128 +
+//! signal for one a signal killed.
 //!
 //! Because this task reaps every child, nothing may wait for a child
 //! itself: whoever starts a process (a runtime command, see
@@ -12,12 +13,12 @@
 //! spawns, then waits for its pid there. Subscribing first means an exit
 //! can never be announced before someone listens.
 
-use containerd_shim::monitor::{
-    monitor_notify_by_pid, monitor_subscribe, monitor_unsubscribe, Subject, Subscription, Topic,
-};
+use std::sync::{Mutex, MutexGuard};
+
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::error::{Error, Result};
 
@@ -29,15 +30,42 @@ pub fn start() -> Result<()> {
     })?;
     tokio::spawn(async move {
         // Children that exited before the handler was installed.
-        reap_all().await;
+        reap_all();
         while sigchld.recv().await.is_some() {
-            reap_all().await;
+            reap_all();
         }
     });
     Ok(())
 }
 
-async fn reap_all() {
+/// Everyone listening for exits, by subscription id.
+#[derive(Debug)]
+struct Subscribers {
+    next_id: u64,
+    list: Vec<(u64, UnboundedSender<(i32, i32)>)>,
+}
+
+static SUBSCRIBERS: Mutex<Subscribers> = Mutex::new(Subscribers {
+    next_id: 0,
+    list: Vec::new(),
+});
+
+fn subscribers() -> MutexGuard<'static, Subscribers> {
+    // The lock guards plain pushes and removals: a panic cannot leave the
+    // list half-changed, so a poisoned lock is still good.
+    SUBSCRIBERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Tells every subscriber that `pid` exited with `code`.
+fn notify(pid: i32, code: i32) {
+    subscribers()
+        .list
+        .retain(|(_, tx)| tx.send((pid, code)).is_ok());
+}
+
+fn reap_all() {
     loop {
         let (pid, code) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => (pid, code),
@@ -50,9 +78,7 @@ async fn reap_all() {
             }
         };
         tracing::debug!(pid = pid.as_raw(), code, "child exited");
-        if let Err(e) = monitor_notify_by_pid(pid.as_raw(), code).await {
-            tracing::warn!(pid = pid.as_raw(), "cannot announce exit: {e}");
-        }
+        notify(pid.as_raw(), code);
     }
 }
 
@@ -60,26 +86,24 @@ async fn reap_all() {
 /// are kept, so [`take`](Self::take) still finds them.
 #[derive(Debug)]
 pub struct Exits {
-    id: i64,
-    rx: tokio::sync::mpsc::UnboundedReceiver<containerd_shim::monitor::ExitEvent>,
+    id: u64,
+    rx: UnboundedReceiver<(i32, i32)>,
     seen: Vec<(i32, i32)>,
 }
 
 impl Exits {
     /// Subscribes to all exits from now on.
-    pub async fn subscribe() -> Result<Self> {
-        let Subscription { id, rx } =
-            monitor_subscribe(Topic::Pid)
-                .await
-                .map_err(|source| Error::Shim {
-                    context: "subscribe to exits",
-                    source,
-                })?;
-        Ok(Self {
+    pub fn subscribe() -> Self {
+        let (tx, rx) = unbounded_channel();
+        let mut subs = subscribers();
+        let id = subs.next_id;
+        subs.next_id += 1;
+        subs.list.push((id, tx));
+        Self {
             id,
             rx,
             seen: Vec::new(),
-        })
+        }
     }
 
     /// Waits for `pid` to exit and returns its exit code.
@@ -89,14 +113,8 @@ impl Exits {
         }
         loop {
             match self.rx.recv().await {
-                Some(event) => {
-                    if let Subject::Pid(p) = event.subject {
-                        if p == pid {
-                            return event.exit_code;
-                        }
-                        self.seen.push((p, event.exit_code));
-                    }
-                }
+                Some((p, code)) if p == pid => return code,
+                Some(exit) => self.seen.push(exit),
                 None => std::future::pending::<()>().await,
             }
         }
@@ -104,10 +122,8 @@ impl Exits {
 
     /// The exit code of `pid` if it exited since the subscription.
     pub fn take(&mut self, pid: i32) -> Option<i32> {
-        while let Ok(event) = self.rx.try_recv() {
-            if let Subject::Pid(p) = event.subject {
-                self.seen.push((p, event.exit_code));
-            }
+        while let Ok(exit) = self.rx.try_recv() {
+            self.seen.push(exit);
         }
         let i = self.seen.iter().position(|&(p, _)| p == pid)?;
         Some(self.seen.swap_remove(i).1)
@@ -115,23 +131,13 @@ impl Exits {
 
     /// Receives the next exit: `(pid, code)`.
     pub async fn next(&mut self) -> Option<(i32, i32)> {
-        loop {
-            let event = self.rx.recv().await?;
-            if let Subject::Pid(p) = event.subject {
-                return Some((p, event.exit_code));
-            }
-        }
+        self.rx.recv().await
     }
 }
 
 impl Drop for Exits {
     fn drop(&mut self) {
-        let id = self.id;
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = monitor_unsubscribe(id).await;
-            });
-        }
+        subscribers().list.retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -141,11 +147,22 @@ mod tests {
 
     #[tokio::test]
     async fn keeps_exits_of_other_pids() {
-        let mut exits = Exits::subscribe().await.expect("subscribe");
-        monitor_notify_by_pid(1_000_001, 3).await.expect("notify");
-        monitor_notify_by_pid(1_000_002, 137).await.expect("notify");
+        let mut exits = Exits::subscribe();
+        notify(1_000_001, 3);
+        notify(1_000_002, 137);
         assert_eq!(exits.wait(1_000_002).await, 137);
         assert_eq!(exits.take(1_000_001), Some(3));
         assert_eq!(exits.take(1_000_001), None);
+    }
+
+    #[tokio::test]
+    async fn fans_out_and_unsubscribes_on_drop() {
+        let mut a = Exits::subscribe();
+        let b = Exits::subscribe();
+        let id = b.id;
+        notify(1_000_003, 1);
+        drop(b);
+        assert!(subscribers().list.iter().all(|(i, _)| *i != id));
+        assert_eq!(a.next().await, Some((1_000_003, 1)));
     }
 }

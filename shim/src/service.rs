@@ -14,12 +14,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use containerd_shim::Flags;
 use containerd_shim_protos::shim_async::create_task;
 use containerd_shim_protos::ttrpc::r#async::Server;
 
 use crate::error::{Error, Result};
 use crate::events::Publisher;
+use crate::flags::Flags;
 use crate::reaper;
 use crate::task::TaskService;
 

@@ -18,6 +18,9 @@ use containerd_shim_protos::protobuf::MessageField;
 
 use crate::oci_runtime::{self, Stats};
 
+/// The protobuf package of [`Metrics`].
+pub const METRICS_PACKAGE: &str = "io.containerd.cgroups.v1";
+
 pub fn to_metrics(s: &Stats) -> Metrics {
     let raw = |key: &str| s.memory.raw.get(key).copied().unwrap_or(0);
     let entry = |e: &oci_runtime::MemoryEntry| MemoryEntry {

@@ -74,7 +74,7 @@ impl TaskService {
         publisher: Arc<Publisher>,
     ) -> Result<(Self, watch::Receiver<bool>)> {
         let registry = Registry::default();
-        let mut exits = Exits::subscribe().await?;
+        let mut exits = Exits::subscribe();
         let (reg, pubr) = (registry.clone(), publisher.clone());
         tokio::spawn(async move {
             while let Some((pid, code)) = exits.next().await {
@@ -283,12 +283,13 @@ impl TaskService {
         let stats = c.init.runtime.stats(&req.id).await?;
         drop(guard);
         let metrics = crate::stats::to_metrics(&stats);
-        let any = containerd_shim::util::convert_to_any(Box::new(metrics)).map_err(|source| {
-            Error::Shim {
-                context: "encode metrics",
-                source,
-            }
-        })?;
+        let any =
+            crate::events::to_any(crate::stats::METRICS_PACKAGE, &metrics).map_err(|source| {
+                Error::Encode {
+                    what: "metrics",
+                    source,
+                }
+            })?;
         Ok(StatsResponse {
             stats: MessageField::some(any),
             ..Default::default()

@@ -115,12 +115,12 @@ async fn create_task(
     } else {
         sandbox.runtime_handler.clone()
     };
-    let runtime = state
+    let handler_config = state
         .config
         .runtime
         .handlers
         .get(&handler)
-        .map(|h| h.runtime_path.clone())
+        .cloned()
         .ok_or_else(|| {
             Error::invalid(
                 "runtime_handler",
@@ -154,7 +154,9 @@ async fn create_task(
         },
         bundle: bundle_dir(&state.config.state, &id),
         log_path,
-        runtime,
+        runtime: handler_config.runtime_path,
+        shim: handler_config.shim,
+        task_api: Default::default(),
         cgroup_path: String::new(),
         stop_signal,
         user: ProcessUser::default(),
@@ -195,6 +197,10 @@ async fn create_task(
         Ok(()) => {
             reservation.commit();
             exit::watch(&state, &id);
+            let created = berth_proto::cri::v1::ContainerEventType::ContainerCreatedEvent;
+            state
+                .events
+                .publish_container(&state, &id, &sandbox.id, created);
             tracing::info!(id = %id, name = %record.name, sandbox = %sandbox.id, "container created");
             Ok(id)
         }
@@ -261,16 +267,19 @@ async fn make(
     }
 
     let settings = &state.containers.shim;
-    let address = shim_client::launch(settings, &record.id, &record.bundle)
+    let shim = record.shim().map_err(ContainerError::from)?;
+    let started = shim_client::launch(settings, &shim, &record.id, &record.bundle)
         .await
         .map_err(ContainerError::from)?;
-    let client = ShimClient::connect(&record.id, &address)
+    record.task_api = started.task_api;
+    let client = ShimClient::connect(&record.id, &started.address, started.task_api)
         .await
         .map_err(ContainerError::from)?;
     let log = if record.log_path.is_empty() {
         String::new()
     } else {
-        format!("file://{}", record.log_path)
+        shim.log_uri(&record.log_path, &record.bundle)
+            .map_err(ContainerError::from)?
     };
     let tty = record.config.tty;
     let request = CreateTaskRequest {

@@ -13,7 +13,7 @@
 //! StopContainer and RemoveContainer call [`finish`] too, so that the exit
 //! is on record when they return; recording is idempotent.
 
-use super::record::ContainerState;
+use super::record::{ContainerRecord, ContainerState};
 use crate::cgroups::CgroupLayout;
 use crate::server::AgentState;
 use crate::shim_client;
@@ -96,7 +96,13 @@ pub async fn finish(state: &Arc<AgentState>, id: &str, exit: Exit) {
             })
             .await;
         match updated {
-            Ok(_) => tracing::info!(id, status = exit.status, oom, "container exited"),
+            Ok(_) => {
+                tracing::info!(id, status = exit.status, oom, "container exited");
+                let stopped = berth_proto::cri::v1::ContainerEventType::ContainerStoppedEvent;
+                state
+                    .events
+                    .publish_container(state, id, &record.sandbox_id, stopped);
+            }
             Err(e) => tracing::error!(id, error = %e, "cannot record a container's exit"),
         }
     }
@@ -121,11 +127,10 @@ pub async fn shim_gone(state: &Arc<AgentState>, id: &str, why: &str) {
     if record.state == ContainerState::Exited {
         return;
     }
-    let (status, persisted, note) =
-        match shim_client::cleanup_dead(&state.containers.shim, id, &record.bundle).await {
-            Ok(response) => (response.exit_status, response.pid != 0, String::new()),
-            Err(e) => (137, false, format!("; cleanup failed: {e}")),
-        };
+    let (status, persisted, note) = match cleanup_dead_shim(state, &record).await {
+        Ok(response) => (response.exit_status, response.pid != 0, String::new()),
+        Err(e) => (137, false, format!("; cleanup failed: {e}")),
+    };
     let (reason, message) = if persisted {
         let oom = oom_killed(&state.cgroup_layout, &record.cgroup_path);
         (
@@ -148,9 +153,24 @@ pub async fn shim_gone(state: &Arc<AgentState>, id: &str, why: &str) {
             })
         })
         .await;
-    if let Err(e) = updated {
-        tracing::error!(id, error = %e, "cannot record a container's exit");
+    match updated {
+        Ok(_) => {
+            let stopped = berth_proto::cri::v1::ContainerEventType::ContainerStoppedEvent;
+            state
+                .events
+                .publish_container(state, id, &record.sandbox_id, stopped);
+        }
+        Err(e) => tracing::error!(id, error = %e, "cannot record a container's exit"),
     }
+}
+
+/// Runs the `delete` action of the container's (dead) shim.
+pub async fn cleanup_dead_shim(
+    state: &AgentState,
+    record: &ContainerRecord,
+) -> Result<containerd_shim_protos::api::DeleteResponse, crate::shim_client::ShimError> {
+    let shim = record.shim()?;
+    shim_client::cleanup_dead(&state.containers.shim, &shim, &record.id, &record.bundle).await
 }
 
 /// True when the memory cgroup at `cgroup_path` (cgroupfs form) counts an

@@ -82,6 +82,8 @@ mod tests {
             bundle: "/b".into(),
             log_path: String::new(),
             runtime: "runc".into(),
+            shim: None,
+            task_api: Default::default(),
             cgroup_path: String::new(),
             stop_signal: "SIGTERM".into(),
             user: ProcessUser::default(),

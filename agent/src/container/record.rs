@@ -74,6 +74,12 @@ pub struct ContainerRecord {
     pub log_path: String,
     /// The OCI runtime binary of the pod's handler.
     pub runtime: PathBuf,
+    /// The external shim v2 binary of the pod's handler (`None`: berth's).
+    #[serde(default)]
+    pub shim: Option<PathBuf>,
+    /// The task API its shim speaks.
+    #[serde(default)]
+    pub task_api: crate::shim_client::TaskApi,
     /// `linux.cgroupsPath` of the spec.
     pub cgroup_path: String,
     /// The signal StopContainer sends first (`SIGTERM`, `SIGQUIT`, `15`).
@@ -127,6 +133,11 @@ impl ContainerRecord {
     }
 
     /// The file the shim writes its address to.
+    /// The shim binary that serves this container.
+    pub fn shim(&self) -> Result<crate::shim_client::Shim, ShimError> {
+        crate::shim_client::Shim::new(self.shim.as_deref())
+    }
+
     pub fn address_file(&self) -> PathBuf {
         self.bundle.join("address")
     }
@@ -269,7 +280,7 @@ impl Containers {
                 address: record.address_file().display().to_string(),
                 reason: e.to_string(),
             })?;
-        let client = ShimClient::connect(&record.id, address.trim()).await?;
+        let client = ShimClient::connect(&record.id, address.trim(), record.task_api).await?;
         self.clients
             .lock()
             .expect("clients lock is never poisoned")

@@ -23,5 +23,9 @@ pub async fn remove(state: &Arc<AgentState>, id: &str) -> Result<()> {
     let record = state.containers.records.get(&found.id).unwrap_or(record);
     teardown::remove(state, &record).await?;
     tracing::info!(id = %record.id, "container removed");
+    let deleted = berth_proto::cri::v1::ContainerEventType::ContainerDeletedEvent;
+    state
+        .events
+        .publish_container(state, &record.id, &record.sandbox_id, deleted);
     Ok(())
 }

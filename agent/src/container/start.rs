@@ -74,6 +74,10 @@ pub async fn start(state: &Arc<AgentState>, id: &str) -> Result<()> {
     match started {
         Ok(pid) => {
             tracing::info!(id = %record.id, pid, "container started");
+            let started = berth_proto::cri::v1::ContainerEventType::ContainerStartedEvent;
+            state
+                .events
+                .publish_container(state, &record.id, &record.sandbox_id, started);
             Ok(())
         }
         Err(e) => {

@@ -6,7 +6,6 @@
 use super::image_volume;
 use super::record::{ContainerRecord, ContainerState};
 use crate::server::AgentState;
-use crate::shim_client;
 use crate::{Error, Result};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,9 +76,7 @@ pub async fn release_shim(state: &Arc<AgentState>, record: &ContainerRecord) {
             let _ = client.shutdown(true).await;
         }
         Err(_) if record.state != ContainerState::Exited && record.address_file().exists() => {
-            if let Err(e) =
-                shim_client::cleanup_dead(&state.containers.shim, id, &record.bundle).await
-            {
+            if let Err(e) = super::exit::cleanup_dead_shim(state, record).await {
                 tracing::warn!(id, error = %e, "cannot clean up after a dead shim");
             }
         }

@@ -74,6 +74,10 @@ pub async fn reopen_log(state: &Arc<AgentState>, id: &str) -> Result<()> {
         "only a running container writes its log",
     )
     .await?;
+    if record.shim.is_some() {
+        // An external shim's output goes through berth's logging binary.
+        return signal_logger(&record);
+    }
     client
         .update(
             None,
@@ -81,6 +85,32 @@ pub async fn reopen_log(state: &Arc<AgentState>, id: &str) -> Result<()> {
         )
         .await
         .map_err(ContainerError::from)?;
+    Ok(())
+}
+
+/// Asks the logging binary of an external shim's container to reopen the
+/// log (SIGUSR1), after checking that its PID file still names it.
+fn signal_logger(record: &ContainerRecord) -> Result<()> {
+    let pid_file = record.bundle.join(crate::shim_client::LOGGER_PID_FILE);
+    let pid = std::fs::read_to_string(&pid_file)
+        .map_err(|e| ContainerError::io(&pid_file, e))?
+        .trim()
+        .parse::<i32>()
+        .map_err(|e| ContainerError::io(&pid_file, std::io::Error::other(e)))?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !String::from_utf8_lossy(&cmdline).contains("log-cri") {
+        return Err(ContainerError::WrongState {
+            id: record.id.clone(),
+            state: "running",
+            what: "its logging process is gone",
+        }
+        .into());
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .map_err(|e| ContainerError::io(&pid_file, e.into()))?;
     Ok(())
 }
 

@@ -194,6 +194,12 @@ async fn create(
         Ok(()) => {
             reservation.commit();
             tracing::info!(id = %record.id, name = %record.name, ips = ?record.ips(), "pod sandbox is ready");
+            for kind in [
+                berth_proto::cri::v1::ContainerEventType::ContainerCreatedEvent,
+                berth_proto::cri::v1::ContainerEventType::ContainerStartedEvent,
+            ] {
+                state.events.publish(&state, &record.id, &record, kind);
+            }
             Ok(record.id)
         }
         Err(e) => {

@@ -46,5 +46,9 @@ pub(super) async fn stop_locked(state: &Arc<AgentState>, record: SandboxRecord) 
         .await
         .map_err(Error::from)?;
     tracing::info!(id = %record.id, "pod sandbox stopped");
+    if let Some(stopped) = state.sandboxes.records.get(&record.id) {
+        let kind = berth_proto::cri::v1::ContainerEventType::ContainerStoppedEvent;
+        state.events.publish(state, &stopped.id, &stopped, kind);
+    }
     Ok(())
 }

@@ -83,6 +83,7 @@ impl ImageService for CriService {
             registry_token: auth.registry_token,
         });
         let pulled = self.state.images.pull(name, auth, deadline).await;
+        tokio::task::spawn_blocking(crate::memory::release_free_heap);
         // Past the client's deadline the answer is DeadlineExceeded whatever
         // the pull's outcome: a layer task may have seen its siblings
         // cancelled first, and a late success reaches nobody.

@@ -26,6 +26,8 @@ pub struct AgentState {
     pub sandboxes: crate::sandbox::Sandboxes,
     /// Containers: records, names, per-container locks, shim clients.
     pub containers: crate::container::Containers,
+    /// Lifecycle events for GetContainerEvents.
+    pub events: crate::events::Events,
 }
 
 impl AgentState {

@@ -228,7 +228,16 @@ impl RuntimeService for CriService {
         &self,
         _request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(unimplemented("get_container_events"))
+        use tokio_stream::StreamExt;
+        let events = tokio_stream::wrappers::BroadcastStream::new(self.state.events.subscribe())
+            .filter_map(|event| match event {
+                Ok(event) => Some(Ok(event)),
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(lost)) => {
+                    tracing::warn!(lost, "a GetContainerEvents client fell behind");
+                    None
+                }
+            });
+        Ok(Response::new(Box::pin(events)))
     }
 }
 

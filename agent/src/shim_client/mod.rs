@@ -5,6 +5,12 @@
 //! `<bundle>/address`; [`ShimClient`] is a ttrpc task client on that
 //! address; [`cleanup_dead`] runs the `delete` action for a shim that died.
 //!
+//! A RuntimeClass handler may name another shim v2 binary instead (say
+//! Debian's `containerd-shim-runc-v2`, see [`Shim`]): it is launched and
+//! spoken to the same way; its container output goes to berth's shim run
+//! as a containerd logging binary (`binary://…?log-cri=…`), which writes the
+//! CRI log, since such shims write only raw `file://` logs.
+//!
 //! Every shim of one berthd gets the same namespace ([`NAMESPACE`]), the
 //! CRI socket as `-address` and `$BERTH_SHIM_SOCKET_DIR=<state>/s`, so two
 //! berthds on one host (tests) never share a shim socket; its OCI runtime
@@ -14,10 +20,15 @@ use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::shim::oci::Options;
-use containerd_shim_protos::shim_async::{Client, TaskClient};
+use containerd_shim_protos::shim_async::Client;
 use containerd_shim_protos::ttrpc;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+mod task_api;
+
+pub use task_api::TaskApi;
+use task_api::TaskClient;
 
 /// The shim namespace of berth's containers.
 pub const NAMESPACE: &str = "berth";
@@ -31,6 +42,8 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum ShimError {
     #[error("the shim binary {0} is not installed beside berthd or on PATH")]
     NotInstalled(&'static str),
+    #[error("the handler's shim {} is not an executable on PATH", .0.display())]
+    HandlerShimMissing(PathBuf),
     #[error("cannot launch the shim of {id}: {reason}")]
     Launch { id: String, reason: String },
     #[error("cannot connect to the shim of {id} at {address}: {reason}")]
@@ -71,6 +84,7 @@ impl ShimError {
                 _ => tonic::Code::Internal,
             },
             Self::NotInstalled(_) | Self::Launch { .. } => tonic::Code::Internal,
+            Self::HandlerShimMissing(_) => tonic::Code::FailedPrecondition,
             Self::Connect { .. } | Self::Transport { .. } => tonic::Code::Unavailable,
         }
     }
@@ -103,12 +117,119 @@ pub struct ShimSettings {
     pub runtime_root: PathBuf,
 }
 
+/// The shim binary serving a container: berth's own, or the external shim
+/// v2 binary its RuntimeClass handler names.
+#[derive(Debug, Clone)]
+pub struct Shim {
+    binary: PathBuf,
+    external: bool,
+}
+
+impl Shim {
+    /// The shim of a container whose handler names `external` (`None`:
+    /// berth's shim).
+    pub fn new(external: Option<&Path>) -> Result<Self, ShimError> {
+        match external {
+            None => Ok(Self {
+                binary: berth_shim()?,
+                external: false,
+            }),
+            Some(name) => Ok(Self {
+                binary: crate::binaries::find_program(name)
+                    .ok_or_else(|| ShimError::HandlerShimMissing(name.to_owned()))?,
+                external: true,
+            }),
+        }
+    }
+
+    /// The stdout/stderr URI of a container logging to `log_path`.
+    pub fn log_uri(&self, log_path: &str, bundle: &Path) -> Result<String, ShimError> {
+        if !self.external {
+            return Ok(format!("file://{log_path}"));
+        }
+        let logger = berth_shim()?;
+        let pid_file = bundle.join(LOGGER_PID_FILE);
+        Ok(format!(
+            "binary://{}?log-cri={}&pid-file={}",
+            percent_encode(&logger.display().to_string()),
+            percent_encode(log_path),
+            percent_encode(&pid_file.display().to_string()),
+        ))
+    }
+
+    /// True for a shim berth did not write.
+    pub fn is_external(&self) -> bool {
+        self.external
+    }
+}
+
+/// The file in a bundle where the logging binary of an external shim's
+/// container writes its PID (ReopenContainerLog signals it).
+pub const LOGGER_PID_FILE: &str = "logger.pid";
+
+/// containerd's shims write their log, and once a reader opened it their
+/// stderr (panics included), to the FIFO `log` in the bundle; berthd reads
+/// it into its own log, as containerd does.
+fn forward_shim_log(id: &str, bundle: &Path) {
+    let fifo = bundle.join("log");
+    if let Err(e) = nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU) {
+        tracing::warn!(id, error = %e, "cannot make the shim's log FIFO");
+        return;
+    }
+    let receiver = match tokio::net::unix::pipe::OpenOptions::new().open_receiver(&fifo) {
+        Ok(receiver) => receiver,
+        Err(e) => {
+            tracing::warn!(id, error = %e, "cannot open the shim's log FIFO");
+            return;
+        }
+    };
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(receiver).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            // Without containerd's event service the shim's event posts
+            // fail; berth follows its containers with `wait` instead.
+            if line.contains("msg=\"post event\"") || line.contains("msg=\"forward event\"") {
+                tracing::debug!(id, "shim: {line}");
+            } else {
+                tracing::info!(id, "shim: {line}");
+            }
+        }
+    });
+}
+
+fn berth_shim() -> Result<PathBuf, ShimError> {
+    crate::binaries::find(crate::binaries::SHIM)
+        .ok_or(ShimError::NotInstalled(crate::binaries::SHIM))
+}
+
+/// Percent-encodes everything but unreserved characters and `/`, for a
+/// URI that Go's `net/url` decodes.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Runs the shim's `start` action for the container `id` with bundle
-/// `bundle`; returns the shim's ttrpc address.
-pub async fn launch(settings: &ShimSettings, id: &str, bundle: &Path) -> Result<String, ShimError> {
-    let binary = crate::binaries::find(crate::binaries::SHIM)
-        .ok_or(ShimError::NotInstalled(crate::binaries::SHIM))?;
-    let output = shim_command(&binary, settings, id, bundle, "start")
+/// `bundle`; returns the shim's ttrpc address and task API.
+pub async fn launch(
+    settings: &ShimSettings,
+    shim: &Shim,
+    id: &str,
+    bundle: &Path,
+) -> Result<StartReply, ShimError> {
+    let binary = &shim.binary;
+    if shim.external {
+        forward_shim_log(id, bundle);
+    }
+    let output = shim_command(shim, settings, id, bundle, "start")
         .output()
         .await
         .map_err(|e| ShimError::Launch {
@@ -134,19 +255,38 @@ pub async fn launch(settings: &ShimSettings, id: &str, bundle: &Path) -> Result<
     })
 }
 
-/// The address of containerd's 2.x start reply
-/// (`{"version":3,"address":"unix://…","protocol":"ttrpc"}`), or of a bare
-/// address as older shims print.
-pub fn parse_start_reply(stdout: &[u8]) -> Option<String> {
+/// What a shim's `start` action answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartReply {
+    pub address: String,
+    pub task_api: TaskApi,
+}
+
+/// containerd 2.x's start reply
+/// (`{"version":3,"address":"unix://…","protocol":"ttrpc"}`, the version
+/// naming the task API), or the bare address containerd 1.x shims print
+/// (task API v2).
+pub fn parse_start_reply(stdout: &[u8]) -> Option<StartReply> {
     let text = String::from_utf8_lossy(stdout);
     let text = text.trim();
     if let Ok(reply) = serde_json::from_str::<serde_json::Value>(text) {
         if reply["protocol"].as_str().is_some_and(|p| p != "ttrpc") {
             return None;
         }
-        return reply["address"].as_str().map(str::to_owned);
+        let task_api = match reply["version"].as_u64() {
+            Some(2) => TaskApi::V2,
+            Some(3) => TaskApi::V3,
+            _ => return None,
+        };
+        return reply["address"].as_str().map(|address| StartReply {
+            address: address.to_owned(),
+            task_api,
+        });
     }
-    text.starts_with("unix://").then(|| text.to_owned())
+    text.starts_with("unix://").then(|| StartReply {
+        address: text.to_owned(),
+        task_api: TaskApi::V2,
+    })
 }
 
 /// Runs the shim's `delete` action for a shim that died: the runtime's
@@ -155,12 +295,12 @@ pub fn parse_start_reply(stdout: &[u8]) -> Option<String> {
 /// 0 and status 137 when it had none.
 pub async fn cleanup_dead(
     settings: &ShimSettings,
+    shim: &Shim,
     id: &str,
     bundle: &Path,
 ) -> Result<api::DeleteResponse, ShimError> {
-    let binary = crate::binaries::find(crate::binaries::SHIM)
-        .ok_or(ShimError::NotInstalled(crate::binaries::SHIM))?;
-    let output = shim_command(&binary, settings, id, bundle, "delete")
+    let binary = &shim.binary;
+    let output = shim_command(shim, settings, id, bundle, "delete")
         .output()
         .await
         .map_err(|e| ShimError::Launch {
@@ -186,16 +326,24 @@ pub async fn cleanup_dead(
 }
 
 fn shim_command(
-    binary: &Path,
+    shim: &Shim,
     settings: &ShimSettings,
     id: &str,
     bundle: &Path,
     action: &str,
 ) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(binary);
+    let mut command = tokio::process::Command::new(&shim.binary);
     command
         .args(["-namespace", NAMESPACE, "-id", id, "-address"])
-        .arg(&settings.agent_socket)
+        .arg(&settings.agent_socket);
+    if shim.external {
+        // containerd's shims publish task events through this binary;
+        // berth follows its containers with `wait` and needs none.
+        if let Some(discard) = crate::binaries::find_program(Path::new("true")) {
+            command.arg("-publish-binary").arg(discard);
+        }
+    }
+    command
         .arg("-bundle")
         .arg(bundle)
         .arg(action)
@@ -241,8 +389,9 @@ fn ctx(timeout: Option<Duration>) -> ttrpc::context::Context {
 }
 
 impl ShimClient {
-    /// Connects to the shim of container `id` at `address`.
-    pub async fn connect(id: &str, address: &str) -> Result<Self, ShimError> {
+    /// Connects to the shim of container `id` at `address`, which speaks
+    /// `task_api`.
+    pub async fn connect(id: &str, address: &str, task_api: TaskApi) -> Result<Self, ShimError> {
         let client = Client::connect(address)
             .await
             .map_err(|e| ShimError::Connect {
@@ -252,8 +401,22 @@ impl ShimClient {
             })?;
         Ok(Self {
             id: id.to_owned(),
-            task: TaskClient::new(client),
+            task: TaskClient::new(client, task_api),
         })
+    }
+
+    /// Connects to a shim whose task API is unknown (a bundle found
+    /// without its record): v3, else v2.
+    pub async fn connect_probing(id: &str, address: &str) -> Result<Self, ShimError> {
+        let mut last = None;
+        for task_api in [TaskApi::V3, TaskApi::V2] {
+            let client = Self::connect(id, address, task_api).await?;
+            match client.connect_info().await {
+                Err(e) => last = Some(e),
+                Ok(_) => return Ok(client),
+            }
+        }
+        Err(last.expect("two attempts were made"))
     }
 
     fn error(&self, rpc: &'static str, e: ttrpc::Error) -> ShimError {
@@ -448,17 +611,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn external_shims_log_through_berths_logging_binary() {
+        let bundle = Path::new("/run/berth/containers/c1");
+        let own = Shim::new(None).expect("berth's shim is built beside the tests");
+        assert_eq!(
+            own.log_uri("/var/log/pods/a b/c.log", bundle).expect("uri"),
+            "file:///var/log/pods/a b/c.log"
+        );
+        let external = Shim::new(Some(Path::new("sh"))).expect("sh");
+        assert!(external.is_external());
+        let uri = external
+            .log_uri("/var/log/pods/a b/c&d.log", bundle)
+            .expect("uri");
+        assert!(uri.starts_with("binary:///"), "{uri}");
+        assert!(
+            uri.ends_with(
+                "containerd-shim-berth-v2?log-cri=/var/log/pods/a%20b/c%26d.log\
+                 &pid-file=/run/berth/containers/c1/logger.pid"
+            ),
+            "{uri}"
+        );
+        let missing = Shim::new(Some(Path::new("berth-no-such-shim"))).expect_err("missing");
+        assert_eq!(missing.grpc_code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[test]
     fn start_replies() {
         assert_eq!(
             parse_start_reply(
                 br#"{"version":3,"address":"unix:///run/berth/s/ab","protocol":"ttrpc"}"#
-            )
-            .as_deref(),
-            Some("unix:///run/berth/s/ab")
+            ),
+            Some(StartReply {
+                address: "unix:///run/berth/s/ab".to_owned(),
+                task_api: TaskApi::V3
+            })
         );
         assert_eq!(
-            parse_start_reply(b"unix:///run/x\n").as_deref(),
-            Some("unix:///run/x")
+            parse_start_reply(b"unix:///run/x\n"),
+            Some(StartReply {
+                address: "unix:///run/x".to_owned(),
+                task_api: TaskApi::V2
+            })
+        );
+        assert_eq!(
+            parse_start_reply(br#"{"version":7,"address":"x","protocol":"ttrpc"}"#),
+            None
         );
         assert_eq!(
             parse_start_reply(br#"{"version":3,"address":"x","protocol":"grpc"}"#),

@@ -35,6 +35,8 @@ pub struct Options {
     pub conflist: Option<String>,
     /// The hosts.toml directory (`registry.config_path`).
     pub registry_config_path: Option<PathBuf>,
+    /// RuntimeClass handlers added to the defaults.
+    pub handlers: Vec<(String, berth_agent::config::HandlerConfig)>,
 }
 
 impl Daemon {
@@ -79,6 +81,7 @@ impl Daemon {
         if let Some(bin_dirs) = options.bin_dirs {
             config.cni.bin_dirs = bin_dirs;
         }
+        config.runtime.handlers.extend(options.handlers);
         config.registry.config_path = options
             .registry_config_path
             .unwrap_or_else(|| dir.path().join("certs.d"));

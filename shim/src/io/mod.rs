@@ -17,6 +17,7 @@
 
 pub mod console;
 pub mod cri_log;
+pub mod logger;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};

@@ -99,7 +99,7 @@ impl Exec {
         let pid_file = self.pid_file(init);
         let (pending, child_io) = PendingIo::prepare(&self.process.stdio)?;
         let (io, console) = ProcessIo::new(child_io)?;
-        let mut exits = Exits::subscribe().await?;
+        let mut exits = Exits::subscribe();
         init.runtime
             .exec(&init.id, &spec_file, &pid_file, io)
             .await?;

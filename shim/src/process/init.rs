@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use containerd_shim::asynchronous::util::mount_rootfs;
 use containerd_shim_protos::api::CreateTaskRequest;
 
 use crate::bundle;
@@ -103,7 +102,7 @@ impl Init {
             .expect("options writer does not panic")?;
         let pid_file = self.bundle.join(bundle::INIT_PID);
         let (io, console) = ProcessIo::new(child_io)?;
-        let mut exits = Exits::subscribe().await?;
+        let mut exits = Exits::subscribe();
         self.runtime
             .create(&self.id, &self.bundle, &pid_file, io)
             .await?;
@@ -219,28 +218,24 @@ async fn mount_all(req: &CreateTaskRequest, rootfs: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(Error::io(rootfs, e)),
     }
-    for m in &req.rootfs {
-        if let Err(source) = mount_rootfs(m, rootfs).await {
-            let target = rootfs.to_path_buf();
-            let _ = tokio::task::spawn_blocking(move || unmount(&target)).await;
-            return Err(Error::Shim {
-                context: "mount rootfs",
-                source,
-            });
+    let mounts = req.rootfs.clone();
+    let target = rootfs.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mounted = mounts
+            .iter()
+            .try_for_each(|m| crate::mount::mount_rootfs(m, &target));
+        if mounted.is_err() {
+            let _ = crate::mount::unmount_recursive(&target);
         }
-    }
-    Ok(())
+        Ok(mounted?)
+    })
+    .await
+    .expect("mount does not panic")
 }
 
 /// Unmounts everything at and under `rootfs`.
 pub fn unmount(rootfs: &Path) -> Result<()> {
-    let target = rootfs.to_str().ok_or_else(|| {
-        Error::InvalidArgument(format!("rootfs path {} is not UTF-8", rootfs.display()))
-    })?;
-    containerd_shim::mount::umount_recursive(Some(target), 0).map_err(|source| Error::Shim {
-        context: "unmount rootfs",
-        source,
-    })
+    Ok(crate::mount::unmount_recursive(rootfs)?)
 }
 
 /// Whether a runtime error says the container or process is already gone.
