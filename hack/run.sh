@@ -18,6 +18,6 @@ require_root
 cd "$REPO"
 "$REPO/hack/install.sh"
 . "$REPO/hack/env.sh"
-cargo build --release --locked -p berth-agent -p berth-shim
+build_release
 "$REPO/hack/cni-config.sh"
 exec "${CARGO_TARGET_DIR:-$REPO/target}/release/berthd" "$@"

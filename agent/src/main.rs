@@ -73,6 +73,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(&cli)?;
     init_logging(&config, cli.log_level.is_some());
+    berth_agent::memory::limit_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

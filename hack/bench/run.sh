@@ -69,8 +69,7 @@ if [ "$(dpkg-query -W -f='${db:Status-Status}' containerd 2>/dev/null || true)" 
         apt-get install -y -q --no-install-recommends containerd
 fi
 if [ -z "${BERTHD:-}" ]; then
-    (cd "$REPO" && quietly "cargo build --release -p berth-agent -p berth-shim" \
-        cargo build --release --locked -p berth-agent -p berth-shim)
+    quietly "build berthd and the static shim (release)" build_release
     BERTHD=${CARGO_TARGET_DIR:-$REPO/target}/release/berthd
 fi
 [ -x "$BERTHD" ] || die "berthd not found at $BERTHD"

@@ -24,6 +24,8 @@ pub async fn remove(state: &Arc<AgentState>, id: &str) -> Result<()> {
     teardown::discard(state, &record).await?;
     state.sandboxes.names.release(&record.name, &record.id);
     tracing::info!(id = %record.id, "pod sandbox removed");
+    // The pod's records, clients and buffers are freed: give them back.
+    tokio::task::spawn_blocking(crate::memory::release_free_heap);
     // The record is gone; the event carries its last status.
     let deleted = berth_proto::cri::v1::ContainerEventType::ContainerDeletedEvent;
     state.events.publish(state, &record.id, &record, deleted);
