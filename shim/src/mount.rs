@@ -1,13 +1,11 @@
 //! Mounting the rootfs a `CreateTaskRequest` carries, and unmounting it.
 //!
-//! Options are split like containerd's `mount_linux.go`: known flags
-//! become `MS_*` bits, everything else is the filesystem's data
-//! (`lowerdir=…,upperdir=…`). mount(2) takes at most one page of data; an
-//! overlay whose data is longer gets its `lowerdir` paths made relative to
-//! their common parent, and is mounted from a thread that changes to that
-//! directory (containerd's `compactLowerdirOption`). A read-only bind
-//! mount needs a second, remounting call: `MS_RDONLY` is ignored on the
-//! first.
+//! The mount itself is the snapshotter's ([`berth_snapshotter::Mount`]:
+//! flags split from data as containerd's `mount_linux.go` does, read-only
+//! binds remounted). mount(2) takes at most one page of data; an overlay
+//! whose data is longer gets its `lowerdir` paths made relative to their
+//! common parent and is mounted from a thread that changes to that
+//! directory (containerd's `compactLowerdirOption`).
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -15,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::api::Mount;
 use nix::errno::Errno;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{umount2, MntFlags};
 use nix::sched::{unshare, CloneFlags};
 
 const LOWERDIR: &str = "lowerdir=";
@@ -23,14 +21,8 @@ const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("mount {fs_type} {src:?} on {}: {source}", target.display())]
-    Mount {
-        fs_type: String,
-        src: String,
-        target: PathBuf,
-        #[source]
-        source: Errno,
-    },
+    #[error(transparent)]
+    Mount(#[from] berth_snapshotter::MountError),
     #[error("mount options for {} are {len} bytes, more than one page", target.display())]
     TooLong { target: PathBuf, len: usize },
     #[error("change to the lower directories' parent {}: {source}", dir.display())]
@@ -47,68 +39,6 @@ pub enum MountError {
     },
     #[error("read {MOUNTINFO}: {0}")]
     MountInfo(#[source] std::io::Error),
-}
-
-/// `MS_*` flags named by options; `true` sets the flag, `false` clears it.
-const FLAGS: &[(&str, bool, MsFlags)] = &[
-    ("async", false, MsFlags::MS_SYNCHRONOUS),
-    ("atime", false, MsFlags::MS_NOATIME),
-    ("bind", true, MsFlags::MS_BIND),
-    ("defaults", true, MsFlags::empty()),
-    ("dev", false, MsFlags::MS_NODEV),
-    ("diratime", false, MsFlags::MS_NODIRATIME),
-    ("dirsync", true, MsFlags::MS_DIRSYNC),
-    ("exec", false, MsFlags::MS_NOEXEC),
-    ("mand", true, MsFlags::MS_MANDLOCK),
-    ("noatime", true, MsFlags::MS_NOATIME),
-    ("nodev", true, MsFlags::MS_NODEV),
-    ("nodiratime", true, MsFlags::MS_NODIRATIME),
-    ("noexec", true, MsFlags::MS_NOEXEC),
-    ("nomand", false, MsFlags::MS_MANDLOCK),
-    ("norelatime", false, MsFlags::MS_RELATIME),
-    ("nostrictatime", false, MsFlags::MS_STRICTATIME),
-    ("nosuid", true, MsFlags::MS_NOSUID),
-    ("rbind", true, MsFlags::MS_BIND.union(MsFlags::MS_REC)),
-    ("relatime", true, MsFlags::MS_RELATIME),
-    ("remount", true, MsFlags::MS_REMOUNT),
-    ("ro", true, MsFlags::MS_RDONLY),
-    ("rw", false, MsFlags::MS_RDONLY),
-    ("strictatime", true, MsFlags::MS_STRICTATIME),
-    ("suid", false, MsFlags::MS_NOSUID),
-    ("sync", true, MsFlags::MS_SYNCHRONOUS),
-];
-
-/// Flags a read-only bind remount keeps from the first mount.
-const REMOUNT_KEEP: MsFlags = MsFlags::MS_NOSUID
-    .union(MsFlags::MS_NODEV)
-    .union(MsFlags::MS_NOEXEC)
-    .union(MsFlags::MS_NOATIME)
-    .union(MsFlags::MS_NODIRATIME)
-    .union(MsFlags::MS_RELATIME)
-    .union(MsFlags::MS_STRICTATIME);
-
-/// Splits options into mount flags and the filesystem's data string.
-fn parse_options(options: &[String]) -> (MsFlags, String) {
-    let mut flags = MsFlags::empty();
-    let mut data = Vec::new();
-    for option in options {
-        match FLAGS.iter().find(|(name, _, _)| name == option) {
-            Some((_, true, f)) => flags.insert(*f),
-            Some((_, false, f)) => flags.remove(*f),
-            None => data.push(option.as_str()),
-        }
-    }
-    (flags, data.join(","))
-}
-
-/// The largest data string mount(2) takes: one page, less the final NUL.
-fn max_data() -> usize {
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .and_then(|p| usize::try_from(p).ok())
-        .unwrap_or(4096);
-    page - 1
 }
 
 /// Rewrites the `lowerdir=` option relative to the lower directories'
@@ -148,23 +78,38 @@ fn compact_lowerdir(options: &[String]) -> Option<(PathBuf, Vec<String>)> {
     Some((PathBuf::from(parent), options))
 }
 
-/// Mounts `m` on `target`, an existing directory. Blocks.
+/// Mounts `m` on `target`, an existing directory, as the snapshotter
+/// mounts its snapshots. Blocks.
 pub fn mount_rootfs(m: &Mount, target: &Path) -> Result<(), MountError> {
-    let (flags, data) = parse_options(&m.options);
-    if data.len() <= max_data() {
-        return mount_parsed(m, flags, &data, target);
-    }
-    let compacted = (m.type_ == "overlay")
-        .then(|| compact_lowerdir(&m.options))
-        .flatten()
-        .map(|(dir, options)| (dir, parse_options(&options).1))
-        .filter(|(_, data)| data.len() <= max_data());
-    let Some((dir, data)) = compacted else {
-        return Err(MountError::TooLong {
-            target: target.to_owned(),
-            len: data.len(),
-        });
+    let rootfs = berth_snapshotter::Mount {
+        fs_type: m.type_.clone(),
+        source: m.source.clone(),
+        options: m.options.clone(),
     };
+    match rootfs.mount(target) {
+        Err(berth_snapshotter::MountError::OptionsTooLong { len, .. }) => {
+            mount_compacted(rootfs, target, len)
+        }
+        mounted => Ok(mounted?),
+    }
+}
+
+/// Mounts an overlay whose options exceed one page with its `lowerdir`
+/// relative to the lower directories' parent, from a thread working there.
+fn mount_compacted(
+    mut rootfs: berth_snapshotter::Mount,
+    target: &Path,
+    len: usize,
+) -> Result<(), MountError> {
+    let too_long = || MountError::TooLong {
+        target: target.to_owned(),
+        len,
+    };
+    if rootfs.fs_type != "overlay" {
+        return Err(too_long());
+    }
+    let (dir, options) = compact_lowerdir(&rootfs.options).ok_or_else(too_long)?;
+    rootfs.options = options;
     let target = std::path::absolute(target).map_err(|source| MountError::Chdir {
         dir: target.to_owned(),
         source,
@@ -180,35 +125,11 @@ pub fn mount_rootfs(m: &Mount, target: &Path) -> Result<(), MountError> {
                     dir: dir.clone(),
                     source,
                 })?;
-            mount_parsed(m, flags, &data, &target)
+            Ok(rootfs.mount(&target)?)
         })
         .join()
         .expect("the mount thread does not panic")
     })
-}
-
-fn mount_parsed(m: &Mount, flags: MsFlags, data: &str, target: &Path) -> Result<(), MountError> {
-    let err = |source| MountError::Mount {
-        fs_type: m.type_.clone(),
-        src: m.source.clone(),
-        target: target.to_owned(),
-        source,
-    };
-    // The kernel ignores the type of a bind mount; "bind" is only a name.
-    let fs_type = Some(m.type_.as_str()).filter(|t| !t.is_empty() && *t != "bind");
-    let src = Some(m.source.as_str()).filter(|s| !s.is_empty());
-    let data = Some(data).filter(|d| !d.is_empty());
-    mount(src, target, fs_type, flags, data).map_err(err)?;
-    if flags.contains(MsFlags::MS_BIND | MsFlags::MS_RDONLY) {
-        let remount = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
-        let remount = remount | (flags & REMOUNT_KEEP);
-        if let Err(e) = mount(None::<&str>, target, None::<&str>, remount, None::<&str>) {
-            // Do not leave a writable mount behind.
-            let _ = umount2(target, MntFlags::MNT_DETACH);
-            return Err(err(e));
-        }
-    }
-    Ok(())
 }
 
 /// Unmounts everything at and under `target`, deepest first, including
@@ -280,31 +201,6 @@ mod tests {
 
     fn strings(s: &[&str]) -> Vec<String> {
         s.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn splits_flags_from_data() {
-        let cases: &[(&[&str], MsFlags, &str)] = &[
-            (&["rbind", "rw"], MsFlags::MS_BIND | MsFlags::MS_REC, ""),
-            (
-                &["bind", "ro", "nosuid"],
-                MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID,
-                "",
-            ),
-            (
-                &["index=off", "workdir=/w", "upperdir=/u", "lowerdir=/a:/b"],
-                MsFlags::empty(),
-                "index=off,workdir=/w,upperdir=/u,lowerdir=/a:/b",
-            ),
-            (&["ro", "rw", "nodev", "dev"], MsFlags::empty(), ""),
-        ];
-        for (options, flags, data) in cases {
-            assert_eq!(
-                parse_options(&strings(options)),
-                (*flags, data.to_string()),
-                "{options:?}"
-            );
-        }
     }
 
     #[test]

@@ -83,25 +83,8 @@ pub enum Error {
         found: u64,
         supported: u64,
     },
-    /// mount(2) limits the option string to one page.
-    #[error("mount options for {target} are {len} bytes, mount(2) takes at most {max}")]
-    MountOptionsTooLong {
-        target: PathBuf,
-        len: usize,
-        max: usize,
-    },
-    #[error("mount {fs_type} {src} on {target}: {source}")]
-    Mount {
-        fs_type: String,
-        src: String,
-        target: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("unmount {target}: {source}")]
-    Unmount {
-        target: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Mount(#[from] crate::mount::MountError),
     #[error(transparent)]
     Apply(#[from] crate::apply::ApplyError),
     /// A crash simulated by the unit tests.

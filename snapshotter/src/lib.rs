@@ -94,7 +94,7 @@ use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
 pub use apply::{apply_layer, ApplyError, ApplyStats};
 pub use error::{Error, Result};
-pub use mount::{mount_all, unmount, Mount};
+pub use mount::{mount_all, unmount, Mount, MountError};
 pub use tree::Usage;
 pub use usage::FsUsage;
 

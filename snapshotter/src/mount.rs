@@ -11,7 +11,34 @@ use std::path::Path;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::{Error, Result};
+use std::path::PathBuf;
+
+use crate::Result;
+
+/// Why a mount or unmount failed. Its own type, so that code mounting
+/// snapshots elsewhere (the shim) needs nothing else of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// mount(2) limits the option string to one page.
+    #[error("mount options for {target} are {len} bytes, mount(2) takes at most {max}", target = target.display())]
+    OptionsTooLong {
+        target: PathBuf,
+        len: usize,
+        max: usize,
+    },
+    #[error("mount {fs_type} {src} on {target}: {source}", target = target.display())]
+    Mount {
+        fs_type: String,
+        src: String,
+        target: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("unmount {target}: {source}", target = target.display())]
+    Unmount {
+        target: PathBuf,
+        source: std::io::Error,
+    },
+}
 
 /// The largest data string mount(2) accepts: one page, less the final NUL.
 const MAX_DATA: usize = 4095;
@@ -70,10 +97,10 @@ pub(crate) fn parse_options(options: &[String]) -> (MsFlags, String) {
 
 impl Mount {
     /// Mounts this at `target`, an existing directory.
-    pub fn mount(&self, target: &Path) -> Result<()> {
+    pub fn mount(&self, target: &Path) -> std::result::Result<(), MountError> {
         let (flags, data) = parse_options(&self.options);
         if data.len() > MAX_DATA {
-            return Err(Error::MountOptionsTooLong {
+            return Err(MountError::OptionsTooLong {
                 target: target.to_owned(),
                 len: data.len(),
                 max: MAX_DATA,
@@ -84,7 +111,7 @@ impl Mount {
         } else {
             Some(self.fs_type.as_str())
         };
-        let err = |source: nix::Error| Error::Mount {
+        let err = |source: nix::Error| MountError::Mount {
             fs_type: self.fs_type.clone(),
             src: self.source.clone(),
             target: target.to_owned(),
@@ -122,9 +149,12 @@ pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
 
 /// Unmounts `target`.
 pub fn unmount(target: &Path) -> Result<()> {
-    umount2(target, MntFlags::empty()).map_err(|e| Error::Unmount {
-        target: target.to_owned(),
-        source: e.into(),
+    umount2(target, MntFlags::empty()).map_err(|e| {
+        MountError::Unmount {
+            target: target.to_owned(),
+            source: e.into(),
+        }
+        .into()
     })
 }
 
@@ -175,7 +205,7 @@ mod tests {
         let target = Path::new("/nonexistent-target");
         assert!(matches!(
             m.mount(target),
-            Err(Error::MountOptionsTooLong { len: 6009, .. })
+            Err(MountError::OptionsTooLong { len: 6009, .. })
         ));
     }
 }
