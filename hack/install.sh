@@ -37,7 +37,7 @@ STAMP_DIR=${STAMP_DIR:-/usr/local/lib/berth}
 APT_PACKAGES=(
     runc crun containernetworking-plugins docker-registry
     iproute2 iptables util-linux procps curl python3
-    protobuf-compiler jq ca-certificates build-essential pkg-config
+    protobuf-compiler libprotobuf-dev jq ca-certificates build-essential pkg-config
     busybox-static
 )
 
