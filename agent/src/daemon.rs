@@ -5,12 +5,11 @@
 //! clear error and nothing half-started. Shutdown stops accepting calls,
 //! lets in-flight calls finish, then removes the socket.
 
-use crate::cgroups::{choose_driver, systemd_running, CgroupLayout};
 use crate::config::Config;
 use crate::metrics::{CriMetricsLayer, Metrics};
-use crate::server::{AgentState, CriService};
+use crate::runtime::Runtime;
+use crate::server::CriService;
 use crate::socket::CriSocket;
-use crate::store::Store;
 use crate::{Error, Result};
 use berth_proto::cri::v1::image_service_server::ImageServiceServer;
 use berth_proto::cri::v1::runtime_service_server::RuntimeServiceServer;
@@ -27,27 +26,8 @@ pub const METRICS_ADDRESS_FILE: &str = "metrics-address";
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
     create_private_dir(&config.root, 0o700)?;
     create_private_dir(&config.state, 0o711)?;
-    let store = Store::open(&config.root)?;
-    let sandboxes = crate::sandbox::Sandboxes::load(&store)?;
-    let containers = crate::container::Containers::load(
-        &store,
-        crate::shim_client::ShimSettings {
-            agent_socket: config.socket_path(),
-            socket_dir: config.state.join("s"),
-            runtime_root: config.state.join("runc"),
-        },
-    )?;
-    let cgroup_layout = CgroupLayout::detect()?;
-    let cgroup_driver = choose_driver(config.cgroup.driver, systemd_running())?;
-    let images = berth_imageservice::Images::open(berth_imageservice::ImagesConfig {
-        root: config.root.clone(),
-        hosts_dir: Some(config.registry.config_path.clone()),
-        max_concurrent_downloads: config.image.max_concurrent_downloads,
-        stall_timeout: std::time::Duration::from_secs(config.image.stall_timeout_seconds),
-        pinned: config.image.pinned_images.clone(),
-        keep_layer_blobs: config.image.keep_layer_blobs,
-    })
-    .await?;
+    let runtime = Runtime::open(config).await?;
+    let config = &runtime.config;
     let mut socket = CriSocket::bind(&config.socket_path())?;
     let listener = socket
         .listener()
@@ -82,16 +62,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     };
 
     let max_message_size = config.grpc.max_message_size;
-    let state = Arc::new(AgentState {
-        config,
-        store,
-        cgroup_layout,
-        cgroup_driver,
-        images: Arc::new(images),
-        sandboxes,
-        containers,
-        events: Default::default(),
-    });
+    let state = Arc::new(runtime);
     crate::recovery::recover(&state).await;
     let service = CriService::new(state.clone());
     tracing::info!(

@@ -8,8 +8,9 @@
 //! more than [`CAPACITY`] events loses the oldest ones (kubelet then
 //! relists); events are not kept for later subscribers.
 
+use crate::container::record::ContainerState;
+use crate::container::Containers;
 use crate::sandbox::SandboxRecord;
-use crate::server::AgentState;
 use berth_proto::cri::v1 as cri;
 use cri::ContainerEventType as Kind;
 use std::sync::Mutex;
@@ -55,8 +56,9 @@ impl Events {
     }
 
     /// Publishes `kind` for `id` (a container of `sandbox`, or the sandbox
-    /// itself), with the statuses as they are now.
-    pub fn publish(&self, state: &AgentState, id: &str, sandbox: &SandboxRecord, kind: Kind) {
+    /// itself), with the statuses of `sandbox` and of its `containers` as
+    /// they are now.
+    pub fn publish(&self, id: &str, sandbox: &SandboxRecord, containers: &Containers, kind: Kind) {
         if self
             .sender()
             .as_ref()
@@ -64,11 +66,10 @@ impl Events {
         {
             return;
         }
-        let containers_statuses = state
-            .containers
+        let containers_statuses = containers
             .in_sandbox(&sandbox.id)
             .iter()
-            .filter(|c| c.state != crate::container::record::ContainerState::Creating)
+            .filter(|c| c.state != ContainerState::Creating)
             .map(crate::container::status::to_cri_status)
             .collect();
         let event = cri::ContainerEventResponse {
@@ -81,14 +82,6 @@ impl Events {
         if let Some(sender) = self.sender().as_ref() {
             // No subscriber left since the check: nobody to tell.
             let _ = sender.send(event);
-        }
-    }
-
-    /// Publishes `kind` for container `id` of the sandbox `sandbox_id`, if
-    /// that sandbox still exists.
-    pub fn publish_container(&self, state: &AgentState, id: &str, sandbox_id: &str, kind: Kind) {
-        if let Some(sandbox) = state.sandboxes.records.get(sandbox_id) {
-            self.publish(state, id, &sandbox, kind);
         }
     }
 }

@@ -2,8 +2,10 @@
 //! in-process.
 //!
 //! Layout: [`config`] reads the TOML file; [`daemon::run`] opens the
-//! [`store`], binds the CRI [`socket`] and the [`metrics`] endpoint and
-//! serves the CRI services of [`server`] until shutdown. [`cgroups`] detects
+//! [`runtime`] (the [`store`], cgroups, images, sandboxes and containers),
+//! binds the CRI [`socket`] and the [`metrics`] endpoint and serves the CRI
+//! services of [`server`] until shutdown; `server` only converts requests
+//! and calls into the runtime. [`cgroups`] detects
 //! the cgroup layout and driver, [`network`] pinned namespaces and CNI,
 //! [`sandbox`] pod sandboxes, [`container`] containers and the CRI to OCI
 //! spec translation, [`shim_client`] their shims, [`recovery`] what
@@ -22,6 +24,7 @@ pub mod memory;
 pub mod metrics;
 pub mod network;
 pub mod recovery;
+pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod shim_client;

@@ -33,19 +33,19 @@
 
 use crate::container::{self, ContainerState};
 use crate::network::netns;
+use crate::runtime::Runtime;
 use crate::sandbox::{pid_init, teardown, SandboxRecord, SandboxState};
-use crate::server::AgentState;
 use containerd_shim_protos::types::task::Status as TaskStatus;
 use std::sync::Arc;
 
 /// Recovers every container, then every sandbox of the store.
-pub async fn recover(state: &Arc<AgentState>) {
+pub async fn recover(state: &Arc<Runtime>) {
     recover_containers(state).await;
     recover_sandboxes(state).await;
 }
 
-async fn recover_containers(state: &Arc<AgentState>) {
-    for record in state.containers.records.list() {
+async fn recover_containers(state: &Arc<Runtime>) {
+    for record in state.containers.list() {
         let id = record.id.as_str();
         match record.state {
             ContainerState::Creating => {
@@ -93,13 +93,12 @@ async fn recover_containers(state: &Arc<AgentState>) {
     remove_orphan_bundles(state).await;
 }
 
-async fn mark_running(state: &Arc<AgentState>, id: &str, pid: u32) {
+async fn mark_running(state: &Arc<Runtime>, id: &str, pid: u32) {
     let key = id.to_owned();
     let now = crate::sandbox::now_nanos();
     let updated = state
         .write(move |s| {
             s.containers
-                .records
                 .update(&s.store, &key, |r| r.mark_running(pid, now))
         })
         .await;
@@ -110,14 +109,14 @@ async fn mark_running(state: &Arc<AgentState>, id: &str, pid: u32) {
 
 /// Bundles without a record (the store was replaced): a live shim is shut
 /// down, a dead one cleaned up, mounts released, the directory removed.
-async fn remove_orphan_bundles(state: &Arc<AgentState>) {
+async fn remove_orphan_bundles(state: &Arc<Runtime>) {
     let parent = state.config.state.join("containers");
     let Ok(entries) = std::fs::read_dir(&parent) else {
         return;
     };
     for entry in entries.flatten() {
         let id = entry.file_name().to_string_lossy().into_owned();
-        if state.containers.records.get(&id).is_some() {
+        if state.containers.get(&id).is_some() {
             continue;
         }
         let bundle = entry.path();
@@ -150,8 +149,8 @@ async fn remove_orphan_bundles(state: &Arc<AgentState>) {
     }
 }
 
-async fn recover_sandboxes(state: &Arc<AgentState>) {
-    for record in state.sandboxes.records.list() {
+async fn recover_sandboxes(state: &Arc<Runtime>) {
+    for record in state.sandboxes.list() {
         match record.state {
             SandboxState::Creating => {
                 tracing::info!(id = %record.id, "rolling back a sandbox whose creation was interrupted");
@@ -180,7 +179,7 @@ pub fn sandbox_alive(record: &SandboxRecord) -> bool {
     pinned && record.init_pid.is_none_or(pid_init::is_berth_init)
 }
 
-async fn remove_sandbox(state: &Arc<AgentState>, record: &SandboxRecord) {
+async fn remove_sandbox(state: &Arc<Runtime>, record: &SandboxRecord) {
     if let Err(e) = teardown::discard(state, record).await {
         tracing::warn!(id = %record.id, error = %e, "cannot remove an interrupted sandbox");
     }
@@ -188,14 +187,14 @@ async fn remove_sandbox(state: &Arc<AgentState>, record: &SandboxRecord) {
 
 /// Sandbox directories without a record (the store was replaced): their
 /// mounts are released and the directories removed.
-async fn remove_orphan_dirs(state: &Arc<AgentState>) {
+async fn remove_orphan_dirs(state: &Arc<Runtime>) {
     let parent = state.config.state.join("sandboxes");
     let Ok(entries) = std::fs::read_dir(&parent) else {
         return;
     };
     for entry in entries.flatten() {
         let id = entry.file_name().to_string_lossy().into_owned();
-        if state.sandboxes.records.get(&id).is_some() {
+        if state.sandboxes.get(&id).is_some() {
             continue;
         }
         let dir = entry.path();

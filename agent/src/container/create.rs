@@ -24,8 +24,8 @@ use super::{
     build_container_spec, teardown, HostFacts, ImageConfig, ImageUsers, PodFiles, PodNamespaces,
     PodPidNamespace, SpecInput,
 };
+use crate::runtime::Runtime;
 use crate::sandbox::{files, now_nanos, random_id, SandboxError, SandboxRecord, SandboxState};
-use crate::server::AgentState;
 use crate::shim_client::{self, ShimClient};
 use crate::{Error, Result};
 use berth_proto::cri::v1 as cri;
@@ -36,10 +36,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// Creates a container; returns its id.
-pub async fn create(
-    state: &Arc<AgentState>,
-    request: cri::CreateContainerRequest,
-) -> Result<String> {
+pub async fn create(state: &Arc<Runtime>, request: cri::CreateContainerRequest) -> Result<String> {
     let config = request
         .config
         .ok_or_else(|| Error::invalid("config", "is required"))?;
@@ -60,9 +57,7 @@ pub async fn create(
     }
     let sandbox = state
         .sandboxes
-        .records
-        .find(&request.pod_sandbox_id)?
-        .filter(|s| s.state != SandboxState::Creating)
+        .find_created(&request.pod_sandbox_id)?
         .ok_or_else(|| SandboxError::NotFound(request.pod_sandbox_id.clone()))?;
     let (_client, gone) = oneshot::channel::<()>();
     let task = tokio::spawn(create_task(state.clone(), sandbox.id, config, image, gone));
@@ -70,17 +65,16 @@ pub async fn create(
 }
 
 async fn create_task(
-    state: Arc<AgentState>,
+    state: Arc<Runtime>,
     sandbox_id: String,
     config: cri::ContainerConfig,
     image_name: String,
     mut client_gone: oneshot::Receiver<()>,
 ) -> Result<String> {
-    let _sandbox_lock = state.sandboxes.locks.lock(&sandbox_id).await;
     let sandbox = state
         .sandboxes
-        .records
-        .get(&sandbox_id)
+        .lock(&sandbox_id)
+        .await?
         .ok_or_else(|| SandboxError::NotFound(sandbox_id.clone()))?;
     if sandbox.state != SandboxState::Ready {
         return Err(ContainerError::SandboxNotReady(sandbox_id).into());
@@ -108,8 +102,7 @@ async fn create_task(
         meta.name, pod.name, pod.namespace, pod.uid, meta.attempt
     );
     let id = random_id();
-    let reservation = state.containers.names.reserve(&name, &id)?;
-    let _lock = state.containers.locks.lock(&id).await;
+    let mut creation = state.containers.begin_create(&name, &id).await?;
     let handler = if sandbox.runtime_handler.is_empty() {
         state.config.runtime.default_handler.clone()
     } else {
@@ -195,12 +188,10 @@ async fn create_task(
     };
     match created {
         Ok(()) => {
-            reservation.commit();
+            creation.commit_name();
             exit::watch(&state, &id);
             let created = berth_proto::cri::v1::ContainerEventType::ContainerCreatedEvent;
-            state
-                .events
-                .publish_container(&state, &id, &sandbox.id, created);
+            state.publish_container(&id, &sandbox.id, created);
             tracing::info!(id = %id, name = %record.name, sandbox = %sandbox.id, "container created");
             Ok(id)
         }
@@ -235,7 +226,7 @@ struct Prepared {
 
 /// Makes the snapshot, bundle and task; `record` learns what was made.
 async fn make(
-    state: &Arc<AgentState>,
+    state: &Arc<Runtime>,
     sandbox: &SandboxRecord,
     record: &mut ContainerRecord,
     parent: Option<String>,
@@ -303,7 +294,7 @@ async fn make(
 }
 
 /// The PID namespace of the container a `TARGET`-mode container joins.
-fn target_pid_namespace(state: &AgentState, record: &ContainerRecord) -> Result<Option<PathBuf>> {
+fn target_pid_namespace(state: &Runtime, record: &ContainerRecord) -> Result<Option<PathBuf>> {
     let options = record
         .config
         .linux
@@ -316,7 +307,6 @@ fn target_pid_namespace(state: &AgentState, record: &ContainerRecord) -> Result<
     let field = "config.linux.security_context.namespace_options.target_id";
     let target = state
         .containers
-        .records
         .find(&options.target_id)?
         .filter(|t| t.sandbox_id == record.sandbox_id)
         .ok_or_else(|| {
@@ -344,7 +334,7 @@ struct ImageParts {
 
 /// Snapshot, image volumes, users, spec, `config.json`.
 fn prepare_bundle(
-    state: &AgentState,
+    state: &Runtime,
     sandbox: &SandboxRecord,
     record: &ContainerRecord,
     image: &ImageParts,
@@ -478,9 +468,9 @@ fn read_image_users(
 }
 
 /// Writes the record (on the blocking pool: the store fsyncs).
-pub(super) async fn persist(state: &Arc<AgentState>, record: ContainerRecord) -> Result<()> {
+pub(super) async fn persist(state: &Arc<Runtime>, record: ContainerRecord) -> Result<()> {
     state
-        .write(move |s| s.containers.records.put(&s.store, record))
+        .write(move |s| s.containers.put(&s.store, record))
         .await
         .map_err(Error::from)
 }

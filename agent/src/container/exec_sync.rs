@@ -18,7 +18,7 @@
 //! streams to end, then returns what it read.
 
 use super::record::{state_name, ContainerError, ContainerState};
-use crate::server::AgentState;
+use crate::runtime::Runtime;
 use crate::shim_client::ShimClient;
 use crate::{Error, Result};
 use berth_proto::cri::v1 as cri;
@@ -40,7 +40,7 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs `request.cmd` in the container.
 pub async fn exec_sync(
-    state: &Arc<AgentState>,
+    state: &Arc<Runtime>,
     request: cri::ExecSyncRequest,
 ) -> Result<cri::ExecSyncResponse> {
     if request.cmd.is_empty() {
@@ -48,9 +48,7 @@ pub async fn exec_sync(
     }
     let record = state
         .containers
-        .records
-        .find(&request.container_id)?
-        .filter(|r| r.state != ContainerState::Creating)
+        .find_created(&request.container_id)?
         .ok_or_else(|| ContainerError::NotFound(request.container_id.clone()))?;
     if record.state != ContainerState::Running {
         return Err(ContainerError::WrongState {

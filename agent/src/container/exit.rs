@@ -15,7 +15,7 @@
 
 use super::record::{ContainerRecord, ContainerState};
 use crate::cgroups::CgroupLayout;
-use crate::server::AgentState;
+use crate::runtime::Runtime;
 use crate::shim_client;
 use containerd_shim_protos::api::WaitResponse;
 use std::path::Path;
@@ -46,12 +46,12 @@ impl Exit {
 }
 
 /// Starts the watcher of container `id`.
-pub fn watch(state: &Arc<AgentState>, id: &str) {
+pub fn watch(state: &Arc<Runtime>, id: &str) {
     let watched = state.clone();
     let state = state.clone();
     let id = id.to_owned();
     watched.containers.spawn_watcher(async move {
-        let Some(record) = state.containers.records.get(&id) else {
+        let Some(record) = state.containers.get(&id) else {
             return;
         };
         let client = match state.containers.client(&record).await {
@@ -80,8 +80,8 @@ pub fn reason(status: u32, oom_killed: bool) -> &'static str {
 
 /// Records the exit of container `id` (unless one is recorded), then
 /// deletes its task and lets its shim exit.
-pub async fn finish(state: &Arc<AgentState>, id: &str, exit: Exit) {
-    let Some(record) = state.containers.records.get(id) else {
+pub async fn finish(state: &Arc<Runtime>, id: &str, exit: Exit) {
+    let Some(record) = state.containers.get(id) else {
         return;
     };
     if record.state != ContainerState::Exited {
@@ -89,7 +89,7 @@ pub async fn finish(state: &Arc<AgentState>, id: &str, exit: Exit) {
         let key = id.to_owned();
         let updated = state
             .write(move |s| {
-                s.containers.records.update(&s.store, &key, |r| {
+                s.containers.update(&s.store, &key, |r| {
                     let reason = reason(exit.status, oom).to_owned();
                     r.mark_exited(exit.status as i32, exit.at, reason, String::new());
                 })
@@ -99,9 +99,7 @@ pub async fn finish(state: &Arc<AgentState>, id: &str, exit: Exit) {
             Ok(_) => {
                 tracing::info!(id, status = exit.status, oom, "container exited");
                 let stopped = berth_proto::cri::v1::ContainerEventType::ContainerStoppedEvent;
-                state
-                    .events
-                    .publish_container(state, id, &record.sandbox_id, stopped);
+                state.publish_container(id, &record.sandbox_id, stopped);
             }
             Err(e) => tracing::error!(id, error = %e, "cannot record a container's exit"),
         }
@@ -119,9 +117,9 @@ pub async fn finish(state: &Arc<AgentState>, id: &str, exit: Exit) {
 
 /// Handles a shim that died: its container is killed and removed from the
 /// runtime by the shim's `delete` action, and the exit recorded.
-pub async fn shim_gone(state: &Arc<AgentState>, id: &str, why: &str) {
+pub async fn shim_gone(state: &Arc<Runtime>, id: &str, why: &str) {
     state.containers.forget_client(id);
-    let Some(record) = state.containers.records.get(id) else {
+    let Some(record) = state.containers.get(id) else {
         return;
     };
     if record.state == ContainerState::Exited {
@@ -148,7 +146,7 @@ pub async fn shim_gone(state: &Arc<AgentState>, id: &str, why: &str) {
     let now = crate::sandbox::now_nanos();
     let updated = state
         .write(move |s| {
-            s.containers.records.update(&s.store, &key, |r| {
+            s.containers.update(&s.store, &key, |r| {
                 r.mark_exited(status as i32, now, reason, message);
             })
         })
@@ -156,9 +154,7 @@ pub async fn shim_gone(state: &Arc<AgentState>, id: &str, why: &str) {
     match updated {
         Ok(_) => {
             let stopped = berth_proto::cri::v1::ContainerEventType::ContainerStoppedEvent;
-            state
-                .events
-                .publish_container(state, id, &record.sandbox_id, stopped);
+            state.publish_container(id, &record.sandbox_id, stopped);
         }
         Err(e) => tracing::error!(id, error = %e, "cannot record a container's exit"),
     }
@@ -166,7 +162,7 @@ pub async fn shim_gone(state: &Arc<AgentState>, id: &str, why: &str) {
 
 /// Runs the `delete` action of the container's (dead) shim.
 pub async fn cleanup_dead_shim(
-    state: &AgentState,
+    state: &Runtime,
     record: &ContainerRecord,
 ) -> Result<containerd_shim_protos::api::DeleteResponse, crate::shim_client::ShimError> {
     let shim = record.shim()?;

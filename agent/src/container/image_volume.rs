@@ -10,7 +10,7 @@
 
 use super::record::ContainerError;
 use super::spec::SpecError;
-use crate::server::AgentState;
+use crate::runtime::Runtime;
 use crate::{Error, Result};
 use berth_proto::cri::v1 as cri;
 use std::collections::BTreeMap;
@@ -44,7 +44,7 @@ pub fn is_volume_of(key: &str, container_id: &str) -> bool {
 /// read-only and have no host path; records each image's ID in the mount's
 /// `image.image_ref`, where ContainerStatus reports it.
 pub async fn resolve(
-    state: &AgentState,
+    state: &Runtime,
     config: &mut cri::ContainerConfig,
 ) -> Result<Vec<ImageVolume>> {
     let mut volumes = Vec::new();

@@ -2,17 +2,16 @@
 //! the sandbox's lock, so no container of the pod is being created.
 
 use super::{remove, stop};
-use crate::server::AgentState;
+use crate::runtime::Runtime;
 use crate::Result;
 use std::sync::Arc;
 
 /// Kills every running container of the sandbox (StopPodSandbox gives no
 /// grace period, as in containerd: kubelet stops containers gracefully
 /// before it stops the pod).
-pub async fn stop_all_in_sandbox(state: &Arc<AgentState>, sandbox_id: &str) -> Result<()> {
+pub async fn stop_all_in_sandbox(state: &Arc<Runtime>, sandbox_id: &str) -> Result<()> {
     for record in state.containers.in_sandbox(sandbox_id) {
-        let _lock = state.containers.locks.lock(&record.id).await;
-        if let Some(record) = state.containers.records.get(&record.id) {
+        if let Some(record) = state.containers.lock(&record.id).await? {
             stop::stop_locked(state, &record, 0).await?;
         }
     }
@@ -20,7 +19,7 @@ pub async fn stop_all_in_sandbox(state: &Arc<AgentState>, sandbox_id: &str) -> R
 }
 
 /// Removes every container of the sandbox.
-pub async fn remove_all_in_sandbox(state: &Arc<AgentState>, sandbox_id: &str) -> Result<()> {
+pub async fn remove_all_in_sandbox(state: &Arc<Runtime>, sandbox_id: &str) -> Result<()> {
     for record in state.containers.in_sandbox(sandbox_id) {
         remove::remove(state, &record.id).await?;
     }

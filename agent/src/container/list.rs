@@ -3,14 +3,13 @@
 
 use super::record::{ContainerRecord, ContainerState};
 use super::status::{cri_state, image_fields};
-use crate::server::AgentState;
+use crate::runtime::Runtime;
 use berth_proto::cri::v1 as cri;
 
 /// The containers matching `filter`, oldest first.
-pub fn list(state: &AgentState, filter: Option<&cri::ContainerFilter>) -> Vec<cri::Container> {
+pub fn list(state: &Runtime, filter: Option<&cri::ContainerFilter>) -> Vec<cri::Container> {
     let mut items: Vec<cri::Container> = state
         .containers
-        .records
         .list()
         .into_iter()
         .filter(|r| r.state != ContainerState::Creating)

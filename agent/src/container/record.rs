@@ -14,9 +14,8 @@
 
 use super::spec::SpecError;
 use crate::shim_client::{ShimClient, ShimError, ShimSettings};
-use crate::store::locks::KeyedLocks;
-use crate::store::name_index::NameIndex;
-use crate::store::records::{Record, Records};
+use crate::store::objects::{Object, ObjectTable};
+use crate::store::records::Record;
 use crate::store::{Store, StoreError, Table};
 use berth_proto::cri::v1 as cri;
 use serde::{Deserialize, Serialize};
@@ -103,6 +102,16 @@ pub struct ContainerRecord {
 impl Record for ContainerRecord {
     fn id(&self) -> &str {
         &self.id
+    }
+}
+
+impl Object for ContainerRecord {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn is_creating(&self) -> bool {
+        self.state == ContainerState::Creating
     }
 }
 
@@ -207,13 +216,15 @@ pub fn state_name(state: ContainerState) -> &'static str {
     }
 }
 
-/// The containers of this berthd.
+/// The containers of this berthd: the table of records, names and
+/// per-container locks, plus what berthd keeps of their shims. It derefs to
+/// the table, so containers are looked up and locked as sandboxes are.
 #[derive(Debug)]
 pub struct Containers {
-    pub records: Records<ContainerRecord>,
-    pub names: NameIndex,
-    pub locks: KeyedLocks,
+    table: ObjectTable<ContainerRecord>,
+    /// How shims are launched and where they keep their sockets.
     pub shim: ShimSettings,
+    /// Connected task clients by container id (see [`Containers::client`]).
     clients: Mutex<HashMap<String, ShimClient>>,
     /// The exit watchers ([`super::exit::watch`]); ended at shutdown.
     watchers: Mutex<tokio::task::JoinSet<()>>,
@@ -222,18 +233,8 @@ pub struct Containers {
 impl Containers {
     /// Loads the records; names of created containers are reserved again.
     pub fn load(store: &Store, shim: ShimSettings) -> Result<Self, StoreError> {
-        let records = Records::<ContainerRecord>::load(store, Table::Containers)?;
-        let created = records.list();
-        let names = NameIndex::with_owners(
-            created
-                .iter()
-                .filter(|r| r.state != ContainerState::Creating)
-                .map(|r| (r.name.as_str(), r.id.as_str())),
-        );
         Ok(Self {
-            records,
-            names,
-            locks: KeyedLocks::new(),
+            table: ObjectTable::load(store, Table::Containers)?,
             shim,
             clients: Mutex::new(HashMap::new()),
             watchers: Mutex::new(tokio::task::JoinSet::new()),
@@ -298,11 +299,19 @@ impl Containers {
 
     /// The records of a sandbox's containers.
     pub fn in_sandbox(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
-        self.records
+        self.table
             .list()
             .into_iter()
             .filter(|r| r.sandbox_id == sandbox_id)
             .collect()
+    }
+}
+
+impl std::ops::Deref for Containers {
+    type Target = ObjectTable<ContainerRecord>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.table
     }
 }
 

@@ -5,24 +5,17 @@
 
 use super::exit;
 use super::record::{state_name, ContainerError, ContainerState};
+use crate::runtime::Runtime;
 use crate::sandbox::SandboxState;
-use crate::server::AgentState;
 use crate::{Error, Result};
 use std::sync::Arc;
 
 /// Starts container `id` (an id or a unique prefix).
-pub async fn start(state: &Arc<AgentState>, id: &str) -> Result<()> {
-    let found = state
-        .containers
-        .records
-        .find(id)?
-        .filter(|r| r.state != ContainerState::Creating)
-        .ok_or_else(|| ContainerError::NotFound(id.to_owned()))?;
-    let _lock = state.containers.locks.lock(&found.id).await;
+pub async fn start(state: &Arc<Runtime>, id: &str) -> Result<()> {
     let record = state
         .containers
-        .records
-        .get(&found.id)
+        .lock_created(id)
+        .await?
         .ok_or_else(|| ContainerError::NotFound(id.to_owned()))?;
     if record.state != ContainerState::Created {
         return Err(ContainerError::WrongState {
@@ -34,7 +27,6 @@ pub async fn start(state: &Arc<AgentState>, id: &str) -> Result<()> {
     }
     let sandbox_ready = state
         .sandboxes
-        .records
         .get(&record.sandbox_id)
         .is_some_and(|s| s.state == SandboxState::Ready);
     if !sandbox_ready {
@@ -54,7 +46,6 @@ pub async fn start(state: &Arc<AgentState>, id: &str) -> Result<()> {
             state
                 .write(move |s| {
                     s.containers
-                        .records
                         .update(&s.store, &key, |r| r.mark_running(pid, now))
                 })
                 .await
@@ -63,7 +54,7 @@ pub async fn start(state: &Arc<AgentState>, id: &str) -> Result<()> {
             let message = e.to_string();
             state
                 .write(move |s| {
-                    s.containers.records.update(&s.store, &key, |r| {
+                    s.containers.update(&s.store, &key, |r| {
                         r.mark_exited(128, now, "StartError".to_owned(), message);
                     })
                 })
@@ -75,9 +66,7 @@ pub async fn start(state: &Arc<AgentState>, id: &str) -> Result<()> {
         Ok(pid) => {
             tracing::info!(id = %record.id, pid, "container started");
             let started = berth_proto::cri::v1::ContainerEventType::ContainerStartedEvent;
-            state
-                .events
-                .publish_container(state, &record.id, &record.sandbox_id, started);
+            state.publish_container(&record.id, &record.sandbox_id, started);
             Ok(())
         }
         Err(e) => {

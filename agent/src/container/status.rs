@@ -1,18 +1,18 @@
 //! ContainerStatus: the CRI view of a container record.
 
-use super::record::{ContainerError, ContainerRecord, ContainerState};
-use crate::server::AgentState;
+use super::record::{ContainerError, ContainerRecord, ContainerState, Containers};
 use crate::Result;
 use berth_proto::cri::v1 as cri;
 use std::collections::HashMap;
 
 /// The status of container `id` (an id or a unique prefix).
-pub fn status(state: &AgentState, id: &str, verbose: bool) -> Result<cri::ContainerStatusResponse> {
-    let record = state
-        .containers
-        .records
-        .find(id)?
-        .filter(|r| r.state != ContainerState::Creating)
+pub fn status(
+    containers: &Containers,
+    id: &str,
+    verbose: bool,
+) -> Result<cri::ContainerStatusResponse> {
+    let record = containers
+        .find_created(id)?
         .ok_or_else(|| ContainerError::NotFound(id.to_owned()))?;
     let mut info = HashMap::new();
     if verbose {

@@ -8,7 +8,8 @@
 
 use super::exit::{self, Exit};
 use super::record::{ContainerError, ContainerRecord, ContainerState};
-use crate::server::AgentState;
+use crate::runtime::Runtime;
+use crate::store::objects::Locked;
 use crate::Result;
 use nix::sys::signal::Signal;
 use std::str::FromStr;
@@ -20,21 +21,17 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Stops container `id` (an id or a unique prefix) with a grace period of
 /// `timeout` seconds.
-pub async fn stop(state: &Arc<AgentState>, id: &str, timeout: i64) -> Result<()> {
-    let Some(found) = state.containers.records.find(id)? else {
-        return Ok(());
-    };
-    let _lock = state.containers.locks.lock(&found.id).await;
-    let Some(record) = state.containers.records.get(&found.id) else {
+pub async fn stop(state: &Arc<Runtime>, id: &str, timeout: i64) -> Result<()> {
+    let Some(record) = state.containers.lock(id).await? else {
         return Ok(());
     };
     stop_locked(state, &record, timeout).await
 }
 
-/// Stops a container whose lock the caller holds.
+/// Stops a locked container.
 pub(super) async fn stop_locked(
-    state: &Arc<AgentState>,
-    record: &ContainerRecord,
+    state: &Arc<Runtime>,
+    record: &Locked<'_, ContainerRecord>,
     timeout: i64,
 ) -> Result<()> {
     if record.state != ContainerState::Running {

@@ -5,7 +5,7 @@
 
 use super::image_volume;
 use super::record::{ContainerRecord, ContainerState};
-use crate::server::AgentState;
+use crate::runtime::Runtime;
 use crate::{Error, Result};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use std::time::Duration;
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// Removes the container of `record` entirely.
-pub async fn remove(state: &Arc<AgentState>, record: &ContainerRecord) -> Result<()> {
+pub async fn remove(state: &Arc<Runtime>, record: &ContainerRecord) -> Result<()> {
     release_shim(state, record).await;
     let blocking_state = state.clone();
     let id = record.id.clone();
@@ -45,20 +45,19 @@ pub async fn remove(state: &Arc<AgentState>, record: &ContainerRecord) -> Result
         }
         blocking_state
             .containers
-            .records
             .delete(&blocking_state.store, &id)
             .map_err(Error::from)
     })
     .await
     .expect("container teardown does not panic")?;
-    state.containers.names.release(&record.name, &record.id);
+    state.containers.release_name(record);
     Ok(())
 }
 
 /// Makes sure no process and no shim of the container is left: kills and
 /// deletes the task and shuts the shim down, or cleans up after a shim that
 /// died.
-pub async fn release_shim(state: &Arc<AgentState>, record: &ContainerRecord) {
+pub async fn release_shim(state: &Arc<Runtime>, record: &ContainerRecord) {
     let id = record.id.as_str();
     match state.containers.client(record).await {
         Ok(client) => {

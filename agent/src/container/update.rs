@@ -10,7 +10,7 @@
 use super::record::{state_name, ContainerError, ContainerRecord, ContainerState};
 use super::spec::linux_resources;
 use super::HostFacts;
-use crate::server::AgentState;
+use crate::runtime::Runtime;
 use crate::shim_client::ShimClient;
 use crate::{Error, Result};
 use berth_proto::cri::v1 as cri;
@@ -23,19 +23,17 @@ pub const REOPEN_LOG_ANNOTATION: &str = "io.berth.shim.reopen-log";
 
 /// Applies new resources to a created or running container.
 pub async fn update_resources(
-    state: &Arc<AgentState>,
+    state: &Arc<Runtime>,
     request: cri::UpdateContainerResourcesRequest,
 ) -> Result<()> {
     let resources = request
         .linux
         .ok_or_else(|| Error::invalid("linux", "is required on Linux"))?;
-    let found = find(state, &request.container_id)?;
-    let _lock = state.containers.locks.lock(&found.id).await;
     let record = state
         .containers
-        .records
-        .get(&found.id)
-        .ok_or_else(|| ContainerError::NotFound(found.id.clone()))?;
+        .lock_created(&request.container_id)
+        .await?
+        .ok_or_else(|| ContainerError::NotFound(request.container_id.clone()))?;
     let client = live_client(
         state,
         &record,
@@ -55,7 +53,6 @@ pub async fn update_resources(
     state
         .write(move |s| {
             s.containers
-                .records
                 .update(&s.store, &id, |r| r.resources = resources)
         })
         .await
@@ -65,7 +62,7 @@ pub async fn update_resources(
 
 /// Makes the shim reopen the container's CRI log file (after kubelet
 /// rotated it).
-pub async fn reopen_log(state: &Arc<AgentState>, id: &str) -> Result<()> {
+pub async fn reopen_log(state: &Arc<Runtime>, id: &str) -> Result<()> {
     let record = find(state, id)?;
     let client = live_client(
         state,
@@ -114,17 +111,15 @@ fn signal_logger(record: &ContainerRecord) -> Result<()> {
     Ok(())
 }
 
-fn find(state: &AgentState, id: &str) -> Result<ContainerRecord> {
+fn find(state: &Runtime, id: &str) -> Result<ContainerRecord> {
     Ok(state
         .containers
-        .records
-        .find(id)?
-        .filter(|r| r.state != ContainerState::Creating)
+        .find_created(id)?
         .ok_or_else(|| ContainerError::NotFound(id.to_owned()))?)
 }
 
 async fn live_client(
-    state: &AgentState,
+    state: &Runtime,
     record: &ContainerRecord,
     allowed: &[ContainerState],
     what: &'static str,

@@ -3,14 +3,13 @@
 
 use super::status::cri_state;
 use super::{SandboxRecord, SandboxState};
-use crate::server::AgentState;
+use crate::runtime::Runtime;
 use berth_proto::cri::v1 as cri;
 
 /// The sandboxes matching `filter`, oldest first.
-pub fn list(state: &AgentState, filter: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+pub fn list(state: &Runtime, filter: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
     let mut items: Vec<cri::PodSandbox> = state
         .sandboxes
-        .records
         .list()
         .into_iter()
         .filter(|r| r.state != SandboxState::Creating)

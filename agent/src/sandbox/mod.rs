@@ -42,10 +42,8 @@ pub mod update;
 use crate::network::cni::CniError;
 use crate::network::cni_config::CniConfigError;
 use crate::network::netns::NamespaceError;
-use crate::store::locks::KeyedLocks;
-use crate::store::name_index::NameIndex;
-use crate::store::records::{Record, Records};
-use crate::store::{Store, StoreError, Table};
+use crate::store::objects::{Object, ObjectTable};
+use crate::store::records::Record;
 use berth_proto::cri::v1 as cri;
 use files::FilesError;
 use serde::{Deserialize, Serialize};
@@ -121,6 +119,16 @@ pub struct SandboxRecord {
 impl Record for SandboxRecord {
     fn id(&self) -> &str {
         &self.id
+    }
+}
+
+impl Object for SandboxRecord {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn is_creating(&self) -> bool {
+        self.state == SandboxState::Creating
     }
 }
 
@@ -210,32 +218,8 @@ pub enum SandboxError {
     Abandoned,
 }
 
-/// The sandboxes of this berthd.
-#[derive(Debug)]
-pub struct Sandboxes {
-    pub records: Records<SandboxRecord>,
-    pub names: NameIndex,
-    pub locks: KeyedLocks,
-}
-
-impl Sandboxes {
-    /// Loads the records; the names of created sandboxes are reserved again.
-    pub fn load(store: &Store) -> Result<Self, StoreError> {
-        let records = Records::<SandboxRecord>::load(store, Table::Sandboxes)?;
-        let created = records.list();
-        let names = NameIndex::with_owners(
-            created
-                .iter()
-                .filter(|r| r.state != SandboxState::Creating)
-                .map(|r| (r.name.as_str(), r.id.as_str())),
-        );
-        Ok(Self {
-            records,
-            names,
-            locks: KeyedLocks::new(),
-        })
-    }
-}
+/// The sandboxes of this berthd: records, names, one lock per pod.
+pub type Sandboxes = ObjectTable<SandboxRecord>;
 
 /// The directory of a sandbox under the state dir.
 pub fn sandbox_dir(state_dir: &Path, id: &str) -> PathBuf {

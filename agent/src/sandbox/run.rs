@@ -19,8 +19,8 @@ use super::{
 };
 use crate::network::cni_config;
 use crate::network::netns::{self, NamespaceKind};
+use crate::runtime::Runtime;
 use crate::sandbox::files;
-use crate::server::AgentState;
 use crate::{Error, Result};
 use berth_proto::cri::v1 as cri;
 use std::os::unix::fs::DirBuilderExt;
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// Runs a pod sandbox; returns its id.
-pub async fn run(state: &Arc<AgentState>, request: cri::RunPodSandboxRequest) -> Result<String> {
+pub async fn run(state: &Arc<Runtime>, request: cri::RunPodSandboxRequest) -> Result<String> {
     let config = request
         .config
         .ok_or_else(|| Error::invalid("config", "is required"))?;
@@ -70,7 +70,7 @@ pub async fn run(state: &Arc<AgentState>, request: cri::RunPodSandboxRequest) ->
 }
 
 /// Checks what can be checked before anything is made.
-fn validate(state: &AgentState, config: &cri::PodSandboxConfig, handler: &str) -> Result<()> {
+fn validate(state: &Runtime, config: &cri::PodSandboxConfig, handler: &str) -> Result<()> {
     let meta = config
         .metadata
         .as_ref()
@@ -160,13 +160,14 @@ fn validate(state: &AgentState, config: &cri::PodSandboxConfig, handler: &str) -
 
 /// The creation proper; see the module doc.
 async fn create(
-    state: Arc<AgentState>,
+    state: Arc<Runtime>,
     mut record: SandboxRecord,
     mut client_gone: oneshot::Receiver<()>,
 ) -> Result<String> {
-    let sandboxes = &state.sandboxes;
-    let reservation = sandboxes.names.reserve(&record.name, &record.id)?;
-    let _lock = sandboxes.locks.lock(&record.id).await;
+    let mut creation = state
+        .sandboxes
+        .begin_create(&record.name, &record.id)
+        .await?;
     let options = namespace_options(&record.config);
     let node = cri::NamespaceMode::Node as i32;
     record.namespaces = NamespacePaths {
@@ -192,13 +193,13 @@ async fn create(
     };
     match ready {
         Ok(()) => {
-            reservation.commit();
+            creation.commit_name();
             tracing::info!(id = %record.id, name = %record.name, ips = ?record.ips(), "pod sandbox is ready");
             for kind in [
                 berth_proto::cri::v1::ContainerEventType::ContainerCreatedEvent,
                 berth_proto::cri::v1::ContainerEventType::ContainerStartedEvent,
             ] {
-                state.events.publish(&state, &record.id, &record, kind);
+                state.publish(&record.id, &record, kind);
             }
             Ok(record.id)
         }
@@ -212,7 +213,7 @@ async fn create(
 
 /// Makes everything of the sandbox; `record` learns each thing made.
 async fn make(
-    state: &Arc<AgentState>,
+    state: &Arc<Runtime>,
     record: &mut SandboxRecord,
     client_gone: &mut oneshot::Receiver<()>,
 ) -> Result<()> {
@@ -307,16 +308,16 @@ fn make_local(record: &SandboxRecord) -> Result<(), SandboxError> {
 
 /// Undoes a sandbox that did not become ready; failures are logged (the
 /// record stays `Creating` then, and start-up retries).
-async fn rollback(state: &Arc<AgentState>, record: &SandboxRecord) {
+async fn rollback(state: &Arc<Runtime>, record: &SandboxRecord) {
     if let Err(e) = teardown::discard(state, record).await {
         tracing::error!(id = %record.id, error = %e, "cannot roll the sandbox back");
     }
 }
 
 /// Writes the record (on the blocking pool: the store fsyncs).
-pub(super) async fn persist(state: &Arc<AgentState>, record: SandboxRecord) -> Result<()> {
+pub(super) async fn persist(state: &Arc<Runtime>, record: SandboxRecord) -> Result<()> {
     state
-        .write(move |s| s.sandboxes.records.put(&s.store, record))
+        .write(move |s| s.sandboxes.put(&s.store, record))
         .await
         .map_err(Error::from)
 }

@@ -1,7 +1,6 @@
 //! PodSandboxStatus: the CRI view of a sandbox record.
 
-use super::{SandboxError, SandboxRecord, SandboxState};
-use crate::server::AgentState;
+use super::{SandboxError, SandboxRecord, SandboxState, Sandboxes};
 use crate::Result;
 use berth_proto::cri::v1 as cri;
 use std::collections::HashMap;
@@ -9,15 +8,12 @@ use std::collections::HashMap;
 /// The status of sandbox `id` (an id or a unique prefix); `NotFound` for an
 /// unknown one, or one still being created.
 pub fn status(
-    state: &AgentState,
+    sandboxes: &Sandboxes,
     id: &str,
     verbose: bool,
 ) -> Result<cri::PodSandboxStatusResponse> {
-    let record = state
-        .sandboxes
-        .records
-        .find(id)?
-        .filter(|r| r.state != SandboxState::Creating)
+    let record = sandboxes
+        .find_created(id)?
         .ok_or_else(|| SandboxError::NotFound(id.to_owned()))?;
     let mut info = HashMap::new();
     if verbose {

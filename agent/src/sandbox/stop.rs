@@ -4,31 +4,30 @@
 //! an unknown or stopped sandbox succeeds, as kubelet expects.
 
 use super::{teardown, SandboxRecord, SandboxState};
-use crate::server::AgentState;
+use crate::runtime::Runtime;
+use crate::store::objects::Locked;
 use crate::{Error, Result};
 use std::sync::Arc;
 
 /// Stops the sandbox `id` (an id or a unique prefix).
-pub async fn stop(state: &Arc<AgentState>, id: &str) -> Result<()> {
-    let Some(found) = state.sandboxes.records.find(id)? else {
+pub async fn stop(state: &Arc<Runtime>, id: &str) -> Result<()> {
+    let Some(record) = state.sandboxes.lock(id).await? else {
         return Ok(());
     };
-    let _lock = state.sandboxes.locks.lock(&found.id).await;
-    // Re-read under the lock: a remove may have won.
-    let Some(record) = state.sandboxes.records.get(&found.id) else {
-        return Ok(());
-    };
-    stop_locked(state, record).await
+    stop_locked(state, &record).await
 }
 
-/// Stops a sandbox whose lock the caller holds.
-pub(super) async fn stop_locked(state: &Arc<AgentState>, record: SandboxRecord) -> Result<()> {
+/// Stops a locked sandbox.
+pub(super) async fn stop_locked(
+    state: &Arc<Runtime>,
+    record: &Locked<'_, SandboxRecord>,
+) -> Result<()> {
     if record.state == SandboxState::Creating {
         // Only recovery sees these; it removes them instead.
         return Ok(());
     }
     crate::container::lifecycle::stop_all_in_sandbox(state, &record.id).await?;
-    teardown::release(&state.config.cni.bin_dirs, &record).await?;
+    teardown::release(&state.config.cni.bin_dirs, record).await?;
     if record.state == SandboxState::NotReady && record.network.as_ref().is_none_or(|n| n.detached)
     {
         return Ok(());
@@ -36,7 +35,7 @@ pub(super) async fn stop_locked(state: &Arc<AgentState>, record: SandboxRecord) 
     let id = record.id.clone();
     state
         .write(move |s| {
-            s.sandboxes.records.update(&s.store, &id, |r| {
+            s.sandboxes.update(&s.store, &id, |r| {
                 r.state = SandboxState::NotReady;
                 if let Some(network) = r.network.as_mut() {
                     network.detached = true;
@@ -46,9 +45,9 @@ pub(super) async fn stop_locked(state: &Arc<AgentState>, record: SandboxRecord) 
         .await
         .map_err(Error::from)?;
     tracing::info!(id = %record.id, "pod sandbox stopped");
-    if let Some(stopped) = state.sandboxes.records.get(&record.id) {
+    if let Some(stopped) = state.sandboxes.get(&record.id) {
         let kind = berth_proto::cri::v1::ContainerEventType::ContainerStoppedEvent;
-        state.events.publish(state, &stopped.id, &stopped, kind);
+        state.publish(&stopped.id, &stopped, kind);
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use super::{files, network, pid_init, SandboxError, SandboxRecord};
 use crate::network::netns;
-use crate::server::AgentState;
+use crate::runtime::Runtime;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -43,12 +43,12 @@ pub async fn release(bin_dirs: &[PathBuf], record: &SandboxRecord) -> Result<(),
 /// Releases the sandbox, removes its directory and deletes its record:
 /// the end of RemovePodSandbox, of a failed RunPodSandbox and of a sandbox
 /// that a crash interrupted while it was being created.
-pub async fn discard(state: &Arc<AgentState>, record: &SandboxRecord) -> crate::Result<()> {
+pub async fn discard(state: &Arc<Runtime>, record: &SandboxRecord) -> crate::Result<()> {
     release(&state.config.cni.bin_dirs, record).await?;
     remove_dir(&record.dir).await?;
     let id = record.id.clone();
     state
-        .write(move |s| s.sandboxes.records.delete(&s.store, &id))
+        .write(move |s| s.sandboxes.delete(&s.store, &id))
         .await?;
     Ok(())
 }

@@ -4,15 +4,15 @@
 //! verbose PodSandboxStatus, and keeps them across restarts; the pod's
 //! cgroup stays kubelet's to write.
 
-use super::{SandboxError, SandboxState};
-use crate::server::AgentState;
+use super::SandboxError;
+use crate::runtime::Runtime;
 use crate::{Error, Result};
 use berth_proto::cri::v1 as cri;
 use std::sync::Arc;
 
 /// Records the pod resources of `request`.
 pub async fn update_resources(
-    state: &Arc<AgentState>,
+    state: &Arc<Runtime>,
     mut request: cri::UpdatePodSandboxResourcesRequest,
 ) -> Result<()> {
     if request.pod_sandbox_id.is_empty() {
@@ -20,19 +20,13 @@ pub async fn update_resources(
     }
     let found = state
         .sandboxes
-        .records
-        .find(&request.pod_sandbox_id)?
-        .filter(|r| r.state != SandboxState::Creating)
+        .lock_created(&request.pod_sandbox_id)
+        .await?
         .ok_or_else(|| SandboxError::NotFound(request.pod_sandbox_id.clone()))?;
-    let _lock = state.sandboxes.locks.lock(&found.id).await;
     request.pod_sandbox_id.clear();
     let id = found.id.clone();
     state
-        .write(move |s| {
-            s.sandboxes
-                .records
-                .update(&s.store, &id, |r| r.resources = request)
-        })
+        .write(move |s| s.sandboxes.update(&s.store, &id, |r| r.resources = request))
         .await
         .map_err(Error::from)?;
     tracing::info!(id = %found.id, "pod sandbox resources recorded");

@@ -9,49 +9,17 @@ mod image;
 mod runtime;
 mod runtime_status;
 
-use crate::cgroups::{CgroupDriver, CgroupLayout};
-use crate::config::Config;
-use crate::store::Store;
+use crate::runtime::Runtime;
 use std::sync::Arc;
 
-/// What every handler may read: the daemon's configuration and resources.
-#[derive(Debug)]
-pub struct AgentState {
-    pub config: Config,
-    pub store: Store,
-    pub cgroup_layout: CgroupLayout,
-    pub cgroup_driver: CgroupDriver,
-    pub images: Arc<berth_imageservice::Images>,
-    /// Pod sandboxes: records, names, per-pod locks.
-    pub sandboxes: crate::sandbox::Sandboxes,
-    /// Containers: records, names, per-container locks, shim clients.
-    pub containers: crate::container::Containers,
-    /// Lifecycle events for GetContainerEvents.
-    pub events: crate::events::Events,
-}
-
-impl AgentState {
-    /// Runs `write` on the blocking pool: store commits fsync, and an async
-    /// worker must not wait for the disk.
-    pub async fn write<T: Send + 'static>(
-        self: &Arc<Self>,
-        write: impl FnOnce(&AgentState) -> T + Send + 'static,
-    ) -> T {
-        let state = Arc::clone(self);
-        tokio::task::spawn_blocking(move || write(&state))
-            .await
-            .expect("store writes do not panic")
-    }
-}
-
-/// The CRI services, both backed by one [`AgentState`].
+/// The CRI services, both backed by one [`Runtime`].
 #[derive(Debug, Clone)]
 pub struct CriService {
-    state: Arc<AgentState>,
+    state: Arc<Runtime>,
 }
 
 impl CriService {
-    pub fn new(state: Arc<AgentState>) -> Self {
+    pub fn new(state: Arc<Runtime>) -> Self {
         Self { state }
     }
 }

@@ -59,8 +59,11 @@ impl RuntimeService for CriService {
         request: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
         let request = request.into_inner();
-        let status =
-            sandbox::status::status(&self.state, &request.pod_sandbox_id, request.verbose)?;
+        let status = sandbox::status::status(
+            &self.state.sandboxes,
+            &request.pod_sandbox_id,
+            request.verbose,
+        )?;
         Ok(Response::new(status))
     }
 
@@ -120,8 +123,11 @@ impl RuntimeService for CriService {
         request: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
         let request = request.into_inner();
-        let status =
-            container::status::status(&self.state, &request.container_id, request.verbose)?;
+        let status = container::status::status(
+            &self.state.containers,
+            &request.container_id,
+            request.verbose,
+        )?;
         Ok(Response::new(status))
     }
 

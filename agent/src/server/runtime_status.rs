@@ -1,8 +1,8 @@
 //! Version, Status and RuntimeConfig: what the runtime says about itself.
 
-use super::AgentState;
 use crate::cgroups::CgroupDriver;
 use crate::network::cni_config;
+use crate::runtime::Runtime;
 use berth_proto::cri::v1 as cri;
 use std::collections::HashMap;
 
@@ -21,7 +21,7 @@ pub(super) fn version() -> cri::VersionResponse {
     }
 }
 
-pub(super) fn status(state: &AgentState, verbose: bool) -> cri::StatusResponse {
+pub(super) fn status(state: &Runtime, verbose: bool) -> cri::StatusResponse {
     let runtime_ready = cri::RuntimeCondition {
         r#type: "RuntimeReady".to_owned(),
         status: true,
@@ -74,7 +74,7 @@ pub(super) fn status(state: &AgentState, verbose: bool) -> cri::StatusResponse {
     }
 }
 
-pub(super) fn runtime_config(state: &AgentState) -> cri::RuntimeConfigResponse {
+pub(super) fn runtime_config(state: &Runtime) -> cri::RuntimeConfigResponse {
     let cgroup_driver = match state.cgroup_driver {
         CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
         CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,

@@ -14,6 +14,7 @@
 
 pub mod locks;
 pub mod name_index;
+pub mod objects;
 pub mod proto;
 pub mod records;
 

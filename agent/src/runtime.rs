@@ -1,0 +1,114 @@
+//! The runtime: what berthd knows and holds, shared by the CRI calls
+//! (through `server`), start-up recovery and the exit watchers.
+//!
+//! The operations live in the domain modules ([`crate::sandbox`],
+//! [`crate::container`], [`crate::recovery`]); each takes the
+//! [`Runtime`]. Locking: a pod's or a container's lifecycle changes run
+//! under its lock in [`Runtime::sandboxes`] or [`Runtime::containers`]
+//! (see [`crate::store::objects`]); CreateContainer holds the pod's lock as
+//! well, so a pod cannot stop while a container is made in it. Store writes
+//! fsync and run on the blocking pool ([`Runtime::write`]).
+
+use crate::cgroups::{choose_driver, systemd_running, CgroupDriver, CgroupLayout};
+use crate::config::Config;
+use crate::container::Containers;
+use crate::events::Events;
+use crate::sandbox::{SandboxRecord, Sandboxes};
+use crate::store::{Store, Table};
+use crate::Result;
+use berth_proto::cri::v1::ContainerEventType;
+use std::sync::Arc;
+
+/// The state of one berthd.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The configuration read at start-up; never changes.
+    pub config: Config,
+    /// The metadata store. Written only through the tables of `sandboxes`
+    /// and `containers`, which write their records through to it.
+    pub store: Store,
+    /// Where the cgroup controllers are mounted; detected at start-up.
+    pub cgroup_layout: CgroupLayout,
+    /// The cgroup driver of pods and containers; chosen at start-up.
+    pub cgroup_driver: CgroupDriver,
+    /// Images and the snapshotter, with their own locking; shared with the
+    /// image service's background work.
+    pub images: Arc<berth_imageservice::Images>,
+    /// Pod sandboxes: records, names, one lock per pod. Written by
+    /// RunPodSandbox, StopPodSandbox, RemovePodSandbox,
+    /// UpdatePodSandboxResources and recovery, each under the pod's lock.
+    pub sandboxes: Sandboxes,
+    /// Containers: records, names, one lock per container, shim clients and
+    /// exit watchers. Written by the container calls under the container's
+    /// lock, and by the exit watchers, which only record exits (without the
+    /// lock: recording is one atomic update and the first exit stays).
+    pub containers: Containers,
+    /// Lifecycle events for GetContainerEvents, published once a change is
+    /// on record; closed at shutdown.
+    pub events: Events,
+}
+
+impl Runtime {
+    /// Opens the store, loads the sandboxes and containers, detects the
+    /// cgroup layout and driver and opens the image store: everything that
+    /// can fail at start-up before the CRI socket is bound.
+    pub async fn open(config: Config) -> Result<Self> {
+        let store = Store::open(&config.root)?;
+        let sandboxes = Sandboxes::load(&store, Table::Sandboxes)?;
+        let containers = Containers::load(
+            &store,
+            crate::shim_client::ShimSettings {
+                agent_socket: config.socket_path(),
+                socket_dir: config.state.join("s"),
+                runtime_root: config.state.join("runc"),
+            },
+        )?;
+        let cgroup_layout = CgroupLayout::detect()?;
+        let cgroup_driver = choose_driver(config.cgroup.driver, systemd_running())?;
+        let images = berth_imageservice::Images::open(berth_imageservice::ImagesConfig {
+            root: config.root.clone(),
+            hosts_dir: Some(config.registry.config_path.clone()),
+            max_concurrent_downloads: config.image.max_concurrent_downloads,
+            stall_timeout: std::time::Duration::from_secs(config.image.stall_timeout_seconds),
+            pinned: config.image.pinned_images.clone(),
+            keep_layer_blobs: config.image.keep_layer_blobs,
+        })
+        .await?;
+        Ok(Self {
+            config,
+            store,
+            cgroup_layout,
+            cgroup_driver,
+            images: Arc::new(images),
+            sandboxes,
+            containers,
+            events: Events::default(),
+        })
+    }
+
+    /// Runs `write` on the blocking pool: store commits fsync, and an async
+    /// worker must not wait for the disk.
+    pub async fn write<T: Send + 'static>(
+        self: &Arc<Self>,
+        write: impl FnOnce(&Runtime) -> T + Send + 'static,
+    ) -> T {
+        let runtime = Arc::clone(self);
+        tokio::task::spawn_blocking(move || write(&runtime))
+            .await
+            .expect("store writes do not panic")
+    }
+
+    /// Publishes `kind` for `id` (a container of `sandbox`, or the sandbox
+    /// itself) with the statuses as they are now.
+    pub fn publish(&self, id: &str, sandbox: &SandboxRecord, kind: ContainerEventType) {
+        self.events.publish(id, sandbox, &self.containers, kind);
+    }
+
+    /// Publishes `kind` for container `id` of the sandbox `sandbox_id`, if
+    /// that sandbox still exists.
+    pub fn publish_container(&self, id: &str, sandbox_id: &str, kind: ContainerEventType) {
+        if let Some(sandbox) = self.sandboxes.get(sandbox_id) {
+            self.publish(id, &sandbox, kind);
+        }
+    }
+}
