@@ -82,11 +82,7 @@ async fn recover_containers(state: &Arc<Runtime>) {
             ContainerState::Exited => {
                 // berthd may have died between recording the exit and
                 // letting the shim go.
-                if let Ok(client) = state.containers.client(&record).await {
-                    let _ = client.delete("").await;
-                    let _ = client.shutdown(false).await;
-                }
-                state.containers.forget_client(id);
+                container::teardown::release_exited(state, &record).await;
             }
         }
     }

@@ -1,22 +1,24 @@
-//! Learning that a container exited, and what follows.
+//! Learning that a container ended, and recording it.
 //!
 //! Each created container has a watcher task that calls the shim's `wait`.
 //! When it returns, [`finish`] records the exit once (code, time, reason:
 //! `Completed`, `Error`, or `OOMKilled` when the container's cgroup counts
-//! an OOM kill), then deletes the task (the shim unmounts the rootfs and
-//! the runtime removes its state and cgroup) and tells the shim to exit:
-//! an exited container costs no process. When the connection to the shim
-//! breaks instead, the shim died: [`shim_gone`] runs the shim's `delete`
-//! action, which kills what is left of the container and reports the exit
-//! status the shim had persisted (`exit.json`), or 137 when it had none.
+//! an OOM kill), then releases the exited task
+//! ([`teardown::release_exited`]): an exited container costs no process.
+//! When the connection to the shim breaks instead, the shim died:
+//! [`shim_gone`] runs the shim's `delete` action, which kills what is left
+//! of the container and reports the exit status the shim had persisted
+//! (`exit.json`), or 137 when it had none.
 //!
-//! StopContainer and RemoveContainer call [`finish`] too, so that the exit
-//! is on record when they return; recording is idempotent.
+//! Every end of a container (these two, and StartContainer's `StartError`)
+//! is recorded by [`record`]: the first end recorded stays, so the watcher,
+//! StopContainer and RemoveContainer may all report the same exit.
 
-use super::record::{ContainerRecord, ContainerState};
+use super::record::ContainerState;
+use super::teardown;
 use crate::cgroups::CgroupLayout;
 use crate::runtime::Runtime;
-use crate::shim_client;
+use crate::store::StoreError;
 use containerd_shim_protos::api::WaitResponse;
 use std::path::Path;
 use std::sync::Arc;
@@ -79,40 +81,26 @@ pub fn reason(status: u32, oom_killed: bool) -> &'static str {
 }
 
 /// Records the exit of container `id` (unless one is recorded), then
-/// deletes its task and lets its shim exit.
+/// releases its task and shim.
 pub async fn finish(state: &Arc<Runtime>, id: &str, exit: Exit) {
     let Some(record) = state.containers.get(id) else {
         return;
     };
     if record.state != ContainerState::Exited {
         let oom = oom_killed(&state.cgroup_layout, &record.cgroup_path);
-        let key = id.to_owned();
-        let updated = state
-            .write(move |s| {
-                s.containers.update(&s.store, &key, |r| {
-                    let reason = reason(exit.status, oom).to_owned();
-                    r.mark_exited(exit.status as i32, exit.at, reason, String::new());
-                })
-            })
-            .await;
-        match updated {
-            Ok(_) => {
-                tracing::info!(id, status = exit.status, oom, "container exited");
-                let stopped = berth_proto::cri::v1::ContainerEventType::ContainerStoppedEvent;
-                state.publish_container(id, &record.sandbox_id, stopped);
-            }
+        let ending = Ending {
+            exit_code: exit.status as i32,
+            at: exit.at,
+            reason: reason(exit.status, oom).to_owned(),
+            message: String::new(),
+            announce: true,
+        };
+        match self::record(state, id, ending).await {
+            Ok(_) => tracing::info!(id, status = exit.status, oom, "container exited"),
             Err(e) => tracing::error!(id, error = %e, "cannot record a container's exit"),
         }
     }
-    if let Ok(client) = state.containers.client(&record).await {
-        match client.delete("").await {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() || e.is_unreachable() => {}
-            Err(e) => tracing::warn!(id, error = %e, "cannot delete an exited task"),
-        }
-        let _ = client.shutdown(false).await;
-    }
-    state.containers.forget_client(id);
+    teardown::release_exited(state, &record).await;
 }
 
 /// Handles a shim that died: its container is killed and removed from the
@@ -125,7 +113,7 @@ pub async fn shim_gone(state: &Arc<Runtime>, id: &str, why: &str) {
     if record.state == ContainerState::Exited {
         return;
     }
-    let (status, persisted, note) = match cleanup_dead_shim(state, &record).await {
+    let (status, persisted, note) = match teardown::cleanup_dead_shim(state, &record).await {
         Ok(response) => (response.exit_status, response.pid != 0, String::new()),
         Err(e) => (137, false, format!("; cleanup failed: {e}")),
     };
@@ -142,31 +130,68 @@ pub async fn shim_gone(state: &Arc<Runtime>, id: &str, why: &str) {
         )
     };
     tracing::warn!(id, status, %message, "container shim is gone");
-    let key = id.to_owned();
-    let now = crate::sandbox::now_nanos();
-    let updated = state
-        .write(move |s| {
-            s.containers.update(&s.store, &key, |r| {
-                r.mark_exited(status as i32, now, reason, message);
-            })
-        })
-        .await;
-    match updated {
-        Ok(_) => {
-            let stopped = berth_proto::cri::v1::ContainerEventType::ContainerStoppedEvent;
-            state.publish_container(id, &record.sandbox_id, stopped);
-        }
-        Err(e) => tracing::error!(id, error = %e, "cannot record a container's exit"),
+    let ending = Ending {
+        exit_code: status as i32,
+        at: crate::sandbox::now_nanos(),
+        reason,
+        message,
+        announce: true,
+    };
+    if let Err(e) = self::record(state, id, ending).await {
+        tracing::error!(id, error = %e, "cannot record a container's exit");
     }
 }
 
-/// Runs the `delete` action of the container's (dead) shim.
-pub async fn cleanup_dead_shim(
-    state: &Runtime,
-    record: &ContainerRecord,
-) -> Result<containerd_shim_protos::api::DeleteResponse, crate::shim_client::ShimError> {
-    let shim = record.shim()?;
-    shim_client::cleanup_dead(&state.containers.shim, &shim, &record.id, &record.bundle).await
+/// How a container ended, as its record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    pub exit_code: i32,
+    /// Nanoseconds since the epoch.
+    pub at: i64,
+    /// ContainerStatus's reason (`Completed`, `Error`, `OOMKilled`,
+    /// `Unknown`, `StartError`) and message.
+    pub reason: String,
+    pub message: String,
+    /// Whether subscribers hear of it (ContainerStoppedEvent).
+    pub announce: bool,
+}
+
+impl Ending {
+    /// The runtime could not start the container (exit code 128). Not
+    /// announced: the container never ran, and StartContainer's caller
+    /// learns of it from the error.
+    pub fn start_error(at: i64, message: String) -> Self {
+        Self {
+            exit_code: 128,
+            at,
+            reason: "StartError".to_owned(),
+            message,
+            announce: false,
+        }
+    }
+}
+
+/// Records how container `id` ended, the one place that does: the record
+/// is marked exited and written, and the end announced. The first end
+/// recorded stays; returns whether this call recorded it.
+pub async fn record(state: &Arc<Runtime>, id: &str, ending: Ending) -> Result<bool, StoreError> {
+    let key = id.to_owned();
+    let announce = ending.announce;
+    let recorded = state
+        .write(move |s| {
+            let mut first = false;
+            let updated = s.containers.update(&s.store, &key, |r| {
+                first = r.state != ContainerState::Exited;
+                r.mark_exited(ending.exit_code, ending.at, ending.reason, ending.message);
+            })?;
+            Ok::<_, StoreError>(updated.filter(|_| first))
+        })
+        .await?;
+    if let (Some(record), true) = (&recorded, announce) {
+        let stopped = berth_proto::cri::v1::ContainerEventType::ContainerStoppedEvent;
+        state.publish_container(id, &record.sandbox_id, stopped);
+    }
+    Ok(recorded.is_some())
 }
 
 /// True when the memory cgroup at `cgroup_path` (cgroupfs form) counts an

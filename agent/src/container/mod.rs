@@ -2,11 +2,13 @@
 //! the translation of a CRI `ContainerConfig` into an OCI runtime spec.
 //!
 //! Layout: the CRI calls live in [`create`], [`start`], [`stop`],
-//! [`remove`], [`status`], [`list`], [`exec_sync`] and [`update`]
-//! (resources and log reopening); [`record`] holds the persisted
-//! [`ContainerRecord`] and the [`Containers`] of a berthd, [`exit`] learns
-//! of exits, [`teardown`] removes what a container holds, [`lifecycle`] is
-//! what the sandbox calls. Each container is run by its own shim
+//! [`remove`], [`status`], [`list`], [`exec_sync`], [`update`]
+//! (resources) and [`reopen_log`]; [`record`] holds the persisted
+//! [`ContainerRecord`] and the [`Containers`] of a berthd. Ending a
+//! container: [`exit`] learns of exits and is the one place that records
+//! an end ([`exit::record`]), [`teardown`] the one place that releases what
+//! a container holds; [`stop`], [`remove`] and [`lifecycle`] (what the
+//! sandbox calls) use the two. Each container is run by its own shim
 //! (`crate::shim_client`), which outlives berthd.
 //!
 //! The spec: [`build_container_spec`] (`spec.rs`) is the one entry point;
@@ -36,6 +38,7 @@ pub mod list;
 mod mounts;
 pub mod record;
 pub mod remove;
+pub mod reopen_log;
 mod seccomp;
 mod spec;
 pub mod start;

@@ -264,6 +264,24 @@ impl Containers {
         while watchers.join_next().await.is_some() {}
     }
 
+    /// The task client of a container in one of the `allowed` states;
+    /// `WrongState`, saying `what`, in any other.
+    pub async fn client_in(
+        &self,
+        record: &ContainerRecord,
+        allowed: &[ContainerState],
+        what: &'static str,
+    ) -> Result<ShimClient, ContainerError> {
+        if !allowed.contains(&record.state) {
+            return Err(ContainerError::WrongState {
+                id: record.id.clone(),
+                state: state_name(record.state),
+                what,
+            });
+        }
+        Ok(self.client(record).await?)
+    }
+
     /// The task client of a container's shim: cached, or connected through
     /// the address the shim wrote into the bundle.
     pub async fn client(&self, record: &ContainerRecord) -> Result<ShimClient, ShimError> {

@@ -49,17 +49,11 @@ pub async fn start(state: &Arc<Runtime>, id: &str) -> Result<()> {
                         .update(&s.store, &key, |r| r.mark_running(pid, now))
                 })
                 .await
+                .map(|_| ())
         }
-        Err(e) => {
-            let message = e.to_string();
-            state
-                .write(move |s| {
-                    s.containers.update(&s.store, &key, |r| {
-                        r.mark_exited(128, now, "StartError".to_owned(), message);
-                    })
-                })
-                .await
-        }
+        Err(e) => exit::record(state, &key, exit::Ending::start_error(now, e.to_string()))
+            .await
+            .map(|_| ()),
     };
     outcome.map_err(Error::from)?;
     match started {

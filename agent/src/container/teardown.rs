@@ -1,7 +1,10 @@
-//! Removing a container and everything it holds: its task and shim, its
-//! rootfs mount, snapshot and bundle, its record and name. Shared by
-//! RemoveContainer, the rollback of a failed CreateContainer and recovery;
-//! every step tolerates what is already gone.
+//! Releasing what a container holds, the one place that does: its task
+//! and shim ([`release_exited`] once it exited, [`release_shim`] whatever
+//! its state, [`cleanup_dead_shim`] after its shim died), and with
+//! [`remove`] also its rootfs mount, snapshot and bundle, its record and
+//! name. Shared by the exit watchers, StopContainer, RemoveContainer, the
+//! rollback of a failed CreateContainer and recovery; every step tolerates
+//! what is already gone.
 
 use super::image_volume;
 use super::record::{ContainerRecord, ContainerState};
@@ -75,11 +78,37 @@ pub async fn release_shim(state: &Arc<Runtime>, record: &ContainerRecord) {
             let _ = client.shutdown(true).await;
         }
         Err(_) if record.state != ContainerState::Exited && record.address_file().exists() => {
-            if let Err(e) = super::exit::cleanup_dead_shim(state, record).await {
+            if let Err(e) = cleanup_dead_shim(state, record).await {
                 tracing::warn!(id, error = %e, "cannot clean up after a dead shim");
             }
         }
         Err(_) => {}
     }
     state.containers.forget_client(id);
+}
+
+/// Lets the shim of an exited container go: deletes the task (the shim
+/// unmounts the rootfs and the runtime removes its state and cgroup) and
+/// tells the shim to exit.
+pub async fn release_exited(state: &Runtime, record: &ContainerRecord) {
+    let id = record.id.as_str();
+    if let Ok(client) = state.containers.client(record).await {
+        match client.delete("").await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() || e.is_unreachable() => {}
+            Err(e) => tracing::warn!(id, error = %e, "cannot delete an exited task"),
+        }
+        let _ = client.shutdown(false).await;
+    }
+    state.containers.forget_client(id);
+}
+
+/// Runs the `delete` action of the container's (dead) shim.
+pub async fn cleanup_dead_shim(
+    state: &Runtime,
+    record: &ContainerRecord,
+) -> Result<containerd_shim_protos::api::DeleteResponse, crate::shim_client::ShimError> {
+    let shim = record.shim()?;
+    crate::shim_client::cleanup_dead(&state.containers.shim, &shim, &record.id, &record.bundle)
+        .await
 }

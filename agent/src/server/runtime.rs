@@ -151,7 +151,7 @@ impl RuntimeService for CriService {
         &self,
         request: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        container::update::reopen_log(&self.state, &request.into_inner().container_id).await?;
+        container::reopen_log::reopen_log(&self.state, &request.into_inner().container_id).await?;
         Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
