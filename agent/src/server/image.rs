@@ -3,7 +3,7 @@
 
 use super::{CriService, ResponseStream};
 use crate::Error;
-use berth_imageservice::image_store::ImageRecord;
+use berth_imageservice::ImageRecord;
 use berth_proto::cri::v1 as cri;
 use berth_proto::cri::v1::image_service_server::ImageService;
 use std::collections::HashMap;
