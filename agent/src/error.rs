@@ -1,4 +1,5 @@
-//! The agent's error type, and its one mapping to gRPC status codes.
+//! The agent's error type, the kinds of errors, and their one mapping to
+//! gRPC status codes.
 
 use std::path::PathBuf;
 
@@ -38,6 +39,12 @@ pub enum Error {
     Sandbox(#[from] crate::sandbox::SandboxError),
     #[error(transparent)]
     Container(#[from] crate::container::ContainerError),
+    /// The client's deadline passed while berthd was doing `action`.
+    #[error("{action}: the client's deadline passed")]
+    DeadlinePassed { action: String },
+    /// A CRI call berth does not implement yet.
+    #[error("{rpc} is not implemented by berth yet")]
+    Unimplemented { rpc: String },
 }
 
 impl Error {
@@ -53,59 +60,148 @@ impl Error {
 /// Shorthand for results of the agent.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl From<Error> for tonic::Status {
-    fn from(error: Error) -> Self {
-        let message = error.to_string();
-        match error {
-            Error::Image(e) => {
-                use berth_imageservice::ErrorKind as Kind;
-                let code = match e.kind() {
-                    Kind::NotFound => tonic::Code::NotFound,
-                    Kind::InvalidArgument => tonic::Code::InvalidArgument,
-                    Kind::Unauthenticated => tonic::Code::Unauthenticated,
-                    Kind::PermissionDenied => tonic::Code::PermissionDenied,
-                    Kind::Unavailable => tonic::Code::Unavailable,
-                    Kind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
-                    Kind::Cancelled => tonic::Code::Cancelled,
-                    Kind::DataLoss => tonic::Code::DataLoss,
-                    Kind::FailedPrecondition => tonic::Code::FailedPrecondition,
-                    Kind::Internal => tonic::Code::Internal,
-                };
-                tonic::Status::new(code, message)
-            }
+/// The class of an error: one per gRPC status code berthd answers with.
+/// Domain errors say their kind; [`From<Error> for tonic::Status`] is the
+/// one place that turns a kind into a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The object named by the request does not exist.
+    NotFound,
+    /// The request itself is at fault.
+    InvalidArgument,
+    /// A name the request asks for is taken.
+    AlreadyExists,
+    /// The object is not in a state that allows the call (retrying the same
+    /// call will not help until something else changes).
+    FailedPrecondition,
+    /// The call did not finish in time.
+    DeadlineExceeded,
+    /// The client went away, or the work was abandoned.
+    Cancelled,
+    /// A dependency (a shim, a registry, the store's lock) is out of reach
+    /// for now: retry.
+    Unavailable,
+    /// The registry wants (other) credentials.
+    Unauthenticated,
+    /// The registry refused access.
+    PermissionDenied,
+    /// Content did not match its digest or size.
+    DataLoss,
+    /// berth does not implement the call.
+    Unimplemented,
+    /// A failure of the node (disk, kernel, runtime binary).
+    Internal,
+}
+
+impl From<berth_imageservice::ErrorKind> for ErrorKind {
+    fn from(kind: berth_imageservice::ErrorKind) -> Self {
+        use berth_imageservice::ErrorKind as Image;
+        match kind {
+            Image::NotFound => Self::NotFound,
+            Image::InvalidArgument => Self::InvalidArgument,
+            Image::Unauthenticated => Self::Unauthenticated,
+            Image::PermissionDenied => Self::PermissionDenied,
+            Image::Unavailable => Self::Unavailable,
+            Image::DeadlineExceeded => Self::DeadlineExceeded,
+            Image::Cancelled => Self::Cancelled,
+            Image::DataLoss => Self::DataLoss,
+            Image::FailedPrecondition => Self::FailedPrecondition,
+            Image::Internal => Self::Internal,
+        }
+    }
+}
+
+impl Error {
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Image(e) => e.kind().into(),
             Error::Config(_) | Error::InvalidArgument { .. } | Error::AmbiguousId(_) => {
-                tonic::Status::invalid_argument(message)
+                ErrorKind::InvalidArgument
             }
-            Error::NameInUse(_) => tonic::Status::already_exists(message),
-            Error::Container(e) => tonic::Status::new(e.grpc_code(), message),
-            Error::Sandbox(e) => {
-                use crate::sandbox::files::FilesError;
-                use crate::sandbox::SandboxError as E;
-                let code = match e {
-                    E::NotFound(_) => tonic::Code::NotFound,
-                    E::NetworkNotReady(_) => tonic::Code::FailedPrecondition,
-                    E::Files(FilesError::Dns { .. }) => tonic::Code::InvalidArgument,
-                    E::Abandoned => tonic::Code::Cancelled,
-                    E::Namespace(_)
-                    | E::Files(_)
-                    | E::Cni(_)
-                    | E::Sysctl { .. }
-                    | E::Hostname { .. }
-                    | E::Init { .. }
-                    | E::CreateDir { .. }
-                    | E::RemoveDir { .. } => tonic::Code::Internal,
-                };
-                tonic::Status::new(code, message)
-            }
-            Error::Store(crate::store::StoreError::InUse { .. }) => {
-                tonic::Status::unavailable(message)
-            }
-            Error::Store(_)
-            | Error::Cgroup(_)
+            Error::NameInUse(_) => ErrorKind::AlreadyExists,
+            Error::Container(e) => e.kind(),
+            Error::Sandbox(e) => e.kind(),
+            Error::Store(e) => e.kind(),
+            Error::DeadlinePassed { .. } => ErrorKind::DeadlineExceeded,
+            Error::Unimplemented { .. } => ErrorKind::Unimplemented,
+            Error::Cgroup(_)
             | Error::Socket(_)
             | Error::CreateDir { .. }
             | Error::Metrics { .. }
-            | Error::Serve(_) => tonic::Status::internal(message),
+            | Error::Serve(_) => ErrorKind::Internal,
         }
+    }
+}
+
+/// The gRPC code of each kind.
+fn grpc_code(kind: ErrorKind) -> tonic::Code {
+    match kind {
+        ErrorKind::NotFound => tonic::Code::NotFound,
+        ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+        ErrorKind::AlreadyExists => tonic::Code::AlreadyExists,
+        ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
+        ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+        ErrorKind::Cancelled => tonic::Code::Cancelled,
+        ErrorKind::Unavailable => tonic::Code::Unavailable,
+        ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
+        ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
+        ErrorKind::DataLoss => tonic::Code::DataLoss,
+        ErrorKind::Unimplemented => tonic::Code::Unimplemented,
+        ErrorKind::Internal => tonic::Code::Internal,
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        tonic::Status::new(grpc_code(error.kind()), error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(error: impl Into<Error>) -> tonic::Status {
+        tonic::Status::from(error.into())
+    }
+
+    #[test]
+    fn kinds_become_codes_with_the_message() {
+        let held = status(crate::store::StoreError::InUse {
+            path: PathBuf::from("/var/lib/berth/metadata.redb"),
+        });
+        assert_eq!(held.code(), tonic::Code::Unavailable);
+        assert!(
+            held.message().contains("in use by another process"),
+            "{held}"
+        );
+        let gone = status(crate::container::ContainerError::NotFound("c1".to_owned()));
+        assert_eq!(gone.code(), tonic::Code::NotFound);
+        assert_eq!(gone.message(), "container c1 not found");
+        let shim = status(crate::container::ContainerError::Shim(
+            crate::shim_client::ShimError::HandlerShimMissing(PathBuf::from("x")),
+        ));
+        assert_eq!(shim.code(), tonic::Code::FailedPrecondition);
+        let late = status(Error::DeadlinePassed {
+            action: "pulling busybox".to_owned(),
+        });
+        assert_eq!(late.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(
+            late.message(),
+            "pulling busybox: the client's deadline passed"
+        );
+        let missing = status(Error::Unimplemented {
+            rpc: "CheckpointContainer".to_owned(),
+        });
+        assert_eq!(missing.code(), tonic::Code::Unimplemented);
+        assert_eq!(
+            missing.message(),
+            "CheckpointContainer is not implemented by berth yet"
+        );
+        assert_eq!(
+            status(Error::invalid("image.image", "must name an image")).code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

@@ -31,4 +31,4 @@ pub mod shim_client;
 pub mod socket;
 pub mod store;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};

@@ -1,9 +1,14 @@
 //! Prometheus metrics: the CRI request layer and the `/metrics` endpoint.
 //!
 //! Every CRI call passes through [`CriMetricsLayer`], one tower layer in
-//! front of both services, so handlers never count themselves. A call is
-//! recorded when its response body ends: unary errors carry `grpc-status`
-//! in the headers, successes and stream ends carry it in the trailers.
+//! front of both services, so handlers never count or log themselves. A
+//! call is recorded when its response body ends: unary errors carry
+//! `grpc-status` in the headers (a "trailers-only" response), successes and
+//! stream ends carry it in the trailers.
+//!
+//! The same layer logs every failed call once, with its method, code and
+//! message ([`failure_level`]): at `warn` when the node is at fault, at
+//! `debug` when the answer is the caller's business alone.
 
 use http_body::{Body, Frame};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
@@ -112,12 +117,40 @@ fn method_of(path: &str) -> String {
     path.rsplit('/').next().unwrap_or(path).to_owned()
 }
 
-fn status_header(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .map(tonic::Code::from_i32)
+/// The status in `grpc-status` and `grpc-message`, if the headers (or
+/// trailers) end the call.
+fn status_header(headers: &http::HeaderMap) -> Option<(tonic::Code, String)> {
+    tonic::Status::from_header_map(headers)
+        .map(|status| (status.code(), status.message().to_owned()))
+}
+
+/// The level a failed call is logged at. `debug` for the codes that
+/// describe the request or the object it names (kubelet asks about gone
+/// containers, retries names and probes unimplemented calls as a matter of
+/// course, and reads the answer itself): NotFound, InvalidArgument,
+/// AlreadyExists, FailedPrecondition, OutOfRange, Unimplemented and
+/// Cancelled. `warn` for everything that says the node, a shim or a
+/// registry failed: Internal, Unknown, Unavailable, DataLoss,
+/// DeadlineExceeded, ResourceExhausted, Aborted, and the registry's
+/// Unauthenticated and PermissionDenied (a pull the operator must fix).
+pub fn failure_level(code: tonic::Code) -> tracing::Level {
+    use tonic::Code::*;
+    match code {
+        NotFound | InvalidArgument | AlreadyExists | FailedPrecondition | OutOfRange
+        | Unimplemented | Cancelled | Ok => tracing::Level::DEBUG,
+        Unknown | DeadlineExceeded | PermissionDenied | ResourceExhausted | Aborted | Internal
+        | Unavailable | DataLoss | Unauthenticated => tracing::Level::WARN,
+    }
+}
+
+/// Logs a failed call once.
+fn log_failure(method: &str, code: tonic::Code, message: &str) {
+    let name = code_name(code);
+    if failure_level(code) == tracing::Level::WARN {
+        tracing::warn!(method, code = name, message, "CRI call failed");
+    } else {
+        tracing::debug!(method, code = name, message, "CRI call failed");
+    }
 }
 
 /// The tower layer that records every CRI call.
@@ -175,17 +208,17 @@ where
         Box::pin(async move {
             let response = response.await?;
             let mut recorder = recorder;
-            if let Some(code) = status_header(response.headers()) {
+            if let Some((code, message)) = status_header(response.headers()) {
                 // A trailers-only response: the call ended here.
-                recorder.finish(code);
+                recorder.finish(code, &message);
             }
             Ok(response.map(|inner| RecordedBody { inner, recorder }))
         })
     }
 }
 
-/// Records one call exactly once: at the status, or at drop if the client
-/// went away before any status was sent.
+/// Records (and, if it failed, logs) one call exactly once: at the status,
+/// or at drop if the client went away before any status was sent.
 #[derive(Debug)]
 struct Recorder {
     metrics: Arc<Metrics>,
@@ -195,17 +228,23 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn finish(&mut self, code: tonic::Code) {
+    fn finish(&mut self, code: tonic::Code, message: &str) {
         if !self.done {
             self.done = true;
             self.metrics.record(&self.method, code, self.started);
+            if code != tonic::Code::Ok {
+                log_failure(&self.method, code, message);
+            }
         }
     }
 }
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        self.finish(tonic::Code::Cancelled);
+        self.finish(
+            tonic::Code::Cancelled,
+            "the client went away before the response ended",
+        );
     }
 }
 
@@ -231,12 +270,14 @@ impl<B: Body> Body for RecordedBody<B> {
         let frame = ready!(this.inner.poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
-                if let Some(code) = frame.trailers_ref().and_then(status_header) {
-                    this.recorder.finish(code);
+                if let Some((code, message)) = frame.trailers_ref().and_then(status_header) {
+                    this.recorder.finish(code, &message);
                 }
             }
-            Some(Err(_)) => this.recorder.finish(tonic::Code::Internal),
-            None => this.recorder.finish(tonic::Code::Ok),
+            Some(Err(_)) => this
+                .recorder
+                .finish(tonic::Code::Internal, "the response body failed"),
+            None => this.recorder.finish(tonic::Code::Ok, ""),
         }
         Poll::Ready(frame)
     }
@@ -359,8 +400,8 @@ mod tests {
                 started: Instant::now(),
                 done: false,
             };
-            recorder.finish(tonic::Code::NotFound);
-            recorder.finish(tonic::Code::Ok);
+            recorder.finish(tonic::Code::NotFound, "gone");
+            recorder.finish(tonic::Code::Ok, "");
         }
         let text = metrics.render();
         assert!(
@@ -369,5 +410,159 @@ mod tests {
         );
         assert!(!text.contains("code=\"OK\",method=\"Status\""), "{text}");
         assert!(!text.contains("CANCELLED"), "{text}");
+    }
+
+    /// What a test subscriber wrote, shared with the test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn lines(&self) -> Vec<String> {
+            let bytes = self.0.lock().expect("not poisoned").clone();
+            String::from_utf8(bytes)
+                .expect("logs are text")
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    /// Sends `response` through the layer for a call of `method`, reads its
+    /// body to the end, and returns what was logged meanwhile.
+    async fn logged<B>(method: &str, response: http::Response<B>) -> Vec<String>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: std::fmt::Debug,
+    {
+        use http_body_util::BodyExt;
+        use tower::{Layer, ServiceExt};
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let mut response = Some(response);
+        let inner = tower::service_fn(move |_request: http::Request<()>| {
+            let response = response.take().expect("one call");
+            async move { Ok::<_, std::convert::Infallible>(response) }
+        });
+        let service = CriMetricsLayer::new(Arc::new(Metrics::new())).layer(inner);
+        let request = http::Request::builder()
+            .uri(format!("/runtime.v1.RuntimeService/{method}"))
+            .body(())
+            .expect("valid request");
+        let response = service.oneshot(request).await.expect("infallible");
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("the body reads to its end");
+        captured.lines()
+    }
+
+    fn trailers_only(
+        code: tonic::Code,
+        message: &str,
+    ) -> http::Response<http_body_util::Empty<bytes::Bytes>> {
+        // What tonic sends for an error a unary handler returns.
+        tonic::Status::new(code, message).into_http()
+    }
+
+    #[tokio::test]
+    async fn a_failed_unary_call_is_logged_once_at_warn() {
+        let lines = logged(
+            "CreateContainer",
+            trailers_only(tonic::Code::Internal, "runc create: exit status 1"),
+        )
+        .await;
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        assert!(line.contains("WARN"), "{line}");
+        assert!(line.contains("CRI call failed"), "{line}");
+        assert!(line.contains("method=\"CreateContainer\""), "{line}");
+        assert!(line.contains("code=\"INTERNAL\""), "{line}");
+        assert!(line.contains("runc create: exit status 1"), "{line}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_object_is_logged_at_debug() {
+        let lines = logged(
+            "ContainerStatus",
+            trailers_only(tonic::Code::NotFound, "container abc not found"),
+        )
+        .await;
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("DEBUG"), "{}", lines[0]);
+        assert!(lines[0].contains("code=\"NOT_FOUND\""), "{}", lines[0]);
+        assert!(lines[0].contains("container abc not found"), "{}", lines[0]);
+    }
+
+    /// A stream's status comes in its trailers: a success logs nothing, a
+    /// failure one line.
+    #[tokio::test]
+    async fn stream_ends_are_logged_from_the_trailers() {
+        use http_body::Frame;
+        type Frames = tokio_stream::Iter<
+            std::vec::IntoIter<Result<Frame<bytes::Bytes>, std::convert::Infallible>>,
+        >;
+        fn streamed(
+            code: tonic::Code,
+            message: &str,
+        ) -> http::Response<http_body_util::StreamBody<Frames>> {
+            let mut trailers = http::HeaderMap::new();
+            tonic::Status::new(code, message)
+                .add_header(&mut trailers)
+                .expect("valid status headers");
+            let frames = vec![
+                Ok(Frame::data(bytes::Bytes::from_static(b"\0\0\0\0\0"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            http::Response::new(http_body_util::StreamBody::new(tokio_stream::iter(frames)))
+        }
+        let ok = logged("GetContainerEvents", streamed(tonic::Code::Ok, "")).await;
+        assert!(ok.is_empty(), "{ok:?}");
+        let failed = logged(
+            "GetContainerEvents",
+            streamed(tonic::Code::Unavailable, "shutting down"),
+        )
+        .await;
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(failed[0].contains("WARN"), "{}", failed[0]);
+        assert!(failed[0].contains("code=\"UNAVAILABLE\""), "{}", failed[0]);
+        assert!(failed[0].contains("shutting down"), "{}", failed[0]);
+    }
+
+    #[test]
+    fn levels_follow_who_is_at_fault() {
+        assert_eq!(
+            failure_level(tonic::Code::InvalidArgument),
+            tracing::Level::DEBUG
+        );
+        assert_eq!(
+            failure_level(tonic::Code::FailedPrecondition),
+            tracing::Level::DEBUG
+        );
+        assert_eq!(
+            failure_level(tonic::Code::DeadlineExceeded),
+            tracing::Level::WARN
+        );
+        assert_eq!(failure_level(tonic::Code::DataLoss), tracing::Level::WARN);
     }
 }

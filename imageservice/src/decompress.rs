@@ -21,7 +21,7 @@ use crate::manifest::{media_type, ManifestError};
 
 /// A layer's compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
+pub(crate) enum Compression {
     /// Plain tar.
     None,
     /// gzip (one or more members).
@@ -33,7 +33,7 @@ pub enum Compression {
 impl Compression {
     /// The compression a layer media type declares, or
     /// [`ManifestError::UnsupportedMediaType`]. `digest` names the layer.
-    pub fn from_media_type(mt: &str, digest: &Digest) -> Result<Compression, ManifestError> {
+    pub(crate) fn from_media_type(mt: &str, digest: &Digest) -> Result<Compression, ManifestError> {
         match mt {
             media_type::OCI_LAYER | "application/vnd.oci.image.layer.nondistributable.v1.tar" => {
                 Ok(Compression::None)
@@ -69,9 +69,9 @@ impl Compression {
 }
 
 /// A decompressing reader over a layer blob.
-pub type LayerReader = Box<dyn Read + Send>;
+pub(crate) type LayerReader = Box<dyn Read + Send>;
 
-/// Checks that `mt` is a layer media type (see [`Compression::from_media_type`];
+/// Checks that `mt` is a layer media type (see `Compression::from_media_type`;
 /// `digest` names the layer in errors), then returns a reader of the
 /// uncompressed tar, detecting gzip, zstd or plain tar from the first bytes
 /// of `reader`. Reading it fails with `InvalidData` on corrupt input.
@@ -163,9 +163,9 @@ impl<R: Read> Read for DiffIdReader<R> {
 
 /// A bounded pipe from async code (the download) to a blocking reader (the
 /// decompressor and unpacker), for streaming a layer while it downloads:
-/// each chunk goes to [`crate::Writer::write`] and to [`PipeSender::send`].
+/// each chunk goes to [`crate::content::Writer::write`] and to [`PipeSender::send`].
 /// Holds at most `chunks` chunks, so a slow unpacker slows the download.
-pub fn pipe(chunks: usize) -> (PipeSender, PipeReader) {
+pub(crate) fn pipe(chunks: usize) -> (PipeSender, PipeReader) {
     let (tx, rx) = tokio::sync::mpsc::channel(chunks.max(1));
     let finished = Arc::new(AtomicBool::new(false));
     (
@@ -183,33 +183,33 @@ pub fn pipe(chunks: usize) -> (PipeSender, PipeReader) {
 
 /// The async end of a [`pipe`].
 #[derive(Debug)]
-pub struct PipeSender {
+pub(crate) struct PipeSender {
     tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
     finished: Arc<AtomicBool>,
 }
 
 impl PipeSender {
     /// Sends a chunk; `false` when the reader is gone (it failed or stopped).
-    pub async fn send(&self, chunk: Bytes) -> bool {
+    pub(crate) async fn send(&self, chunk: Bytes) -> bool {
         self.tx.send(Ok(chunk)).await.is_ok()
     }
 
     /// Makes the reader fail with `error` (the download failed).
-    pub async fn fail(self, error: io::Error) {
+    pub(crate) async fn fail(self, error: io::Error) {
         let _ = self.tx.send(Err(error)).await;
     }
 
     /// Ends the stream cleanly: the reader sees end of file. Dropping the
     /// sender without `finish` makes the reader fail instead, so a broken
     /// download never looks like a complete layer.
-    pub fn finish(self) {
+    pub(crate) fn finish(self) {
         self.finished.store(true, Ordering::Release);
     }
 }
 
 /// The blocking end of a [`pipe`]: `Read` on a blocking thread only.
 #[derive(Debug)]
-pub struct PipeReader {
+pub(crate) struct PipeReader {
     rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
     finished: Arc<AtomicBool>,

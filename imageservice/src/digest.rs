@@ -145,7 +145,7 @@ impl<'de> serde::Deserialize<'de> for Digest {
 
 /// Incremental hashing with any supported algorithm.
 #[derive(Clone)]
-pub struct Hasher(HasherInner);
+pub(crate) struct Hasher(HasherInner);
 
 #[derive(Clone)]
 enum HasherInner {
@@ -167,7 +167,7 @@ impl fmt::Debug for Hasher {
 
 impl Hasher {
     /// A hasher for `algorithm`.
-    pub fn new(algorithm: Algorithm) -> Hasher {
+    pub(crate) fn new(algorithm: Algorithm) -> Hasher {
         Hasher(match algorithm {
             Algorithm::Sha256 => HasherInner::Sha256(sha2::Sha256::new()),
             Algorithm::Sha384 => HasherInner::Sha384(sha2::Sha384::new()),
@@ -176,7 +176,7 @@ impl Hasher {
     }
 
     /// Feeds `data`.
-    pub fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         match &mut self.0 {
             HasherInner::Sha256(h) => h.update(data),
             HasherInner::Sha384(h) => h.update(data),
@@ -185,7 +185,7 @@ impl Hasher {
     }
 
     /// The digest of everything fed.
-    pub fn finish(self) -> Digest {
+    pub(crate) fn finish(self) -> Digest {
         let (algorithm, hex) = match self.0 {
             HasherInner::Sha256(h) => (Algorithm::Sha256, hex::encode(h.finalize())),
             HasherInner::Sha384(h) => (Algorithm::Sha384, hex::encode(h.finalize())),

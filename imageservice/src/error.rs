@@ -90,6 +90,17 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
+    /// The image cannot be removed while a container's snapshot stands on
+    /// it.
+    #[error("image {id} ({name}) is in use by container snapshot {snapshot}")]
+    InUse {
+        /// The image's ID.
+        id: String,
+        /// The name the caller used.
+        name: String,
+        /// The snapshot on the image.
+        snapshot: String,
+    },
     /// A background task died.
     #[error("image service task failed: {0}")]
     Task(String),
@@ -119,7 +130,8 @@ pub enum ErrorKind {
     Cancelled,
     /// Content did not match its digest or size.
     DataLoss,
-    /// The node's configuration (hosts directory, certificates) is unusable.
+    /// The node's configuration (hosts directory, certificates) is
+    /// unusable, or the image is in use.
     FailedPrecondition,
     /// A local failure (disk).
     Internal,
@@ -148,6 +160,7 @@ impl Error {
             Error::LayerCount { .. } => ErrorKind::InvalidArgument,
             Error::Apply { .. } => ErrorKind::InvalidArgument,
             Error::SharedLayer { .. } => ErrorKind::Unavailable,
+            Error::InUse { .. } => ErrorKind::FailedPrecondition,
             Error::Snapshot(_)
             | Error::Records(_)
             | Error::BadRecord { .. }

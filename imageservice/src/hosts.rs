@@ -51,22 +51,22 @@ use toml::Spanned;
 
 /// What an endpoint may be used for.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Capabilities(u8);
+pub(crate) struct Capabilities(u8);
 
 impl Capabilities {
     /// Fetch content by digest.
-    pub const PULL: Capabilities = Capabilities(1);
+    pub(crate) const PULL: Capabilities = Capabilities(1);
     /// Resolve a tag to a digest (trusting the endpoint for the mapping).
-    pub const RESOLVE: Capabilities = Capabilities(2);
+    pub(crate) const RESOLVE: Capabilities = Capabilities(2);
     /// Push (parsed, unused by berth).
-    pub const PUSH: Capabilities = Capabilities(4);
+    pub(crate) const PUSH: Capabilities = Capabilities(4);
     /// The referrers API (parsed, unused by berth).
-    pub const REFERRERS: Capabilities = Capabilities(8);
+    pub(crate) const REFERRERS: Capabilities = Capabilities(8);
     /// Every capability: the default when a file names none.
-    pub const ALL: Capabilities = Capabilities(15);
+    pub(crate) const ALL: Capabilities = Capabilities(15);
 
     /// Whether every capability in `other` is in `self`.
-    pub fn contains(self, other: Capabilities) -> bool {
+    pub(crate) fn contains(self, other: Capabilities) -> bool {
         self.0 & other.0 == other.0
     }
 }
@@ -99,7 +99,7 @@ impl fmt::Debug for Capabilities {
 
 /// One place to talk to for a registry: a mirror or the upstream server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// `http` or `https`.
     pub scheme: String,
     /// Host with port if any: `127.0.0.1:5000`.
@@ -122,7 +122,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// `scheme://host/path`, e.g. `http://127.0.0.1:5000/v2`.
-    pub fn api_root(&self) -> String {
+    pub(crate) fn api_root(&self) -> String {
         format!("{}://{}{}", self.scheme, self.host, self.path)
     }
 }
@@ -152,7 +152,7 @@ pub enum HostsError {
 
 /// containerd's registry hosts configuration directory (`config_path`).
 #[derive(Debug, Clone, Default)]
-pub struct Hosts {
+pub(crate) struct Hosts {
     dir: Option<PathBuf>,
 }
 
@@ -160,14 +160,14 @@ impl Hosts {
     /// Reads from `dir` (e.g. `/etc/berth/certs.d`); `None` gives every
     /// registry its default endpoint only. A missing directory is not an
     /// error: it is the same as an empty one.
-    pub fn new(dir: Option<PathBuf>) -> Hosts {
+    pub(crate) fn new(dir: Option<PathBuf>) -> Hosts {
         Hosts { dir }
     }
 
     /// Reads every registry's configuration once and returns the errors,
     /// so that a malformed file is reported at start-up and not only at
     /// the first pull from that registry.
-    pub fn check_all(&self) -> Vec<HostsError> {
+    pub(crate) fn check_all(&self) -> Vec<HostsError> {
         let Some(root) = &self.dir else {
             return Vec::new();
         };
@@ -184,9 +184,9 @@ impl Hosts {
             .collect()
     }
 
-    /// The endpoints for `registry` (as in [`crate::Reference::registry`]),
+    /// The endpoints for `registry` (as in [`crate::reference::Reference::registry`]),
     /// mirrors first, the server last. Blocking: reads the directory.
-    pub fn endpoints(&self, registry: &str) -> Result<Vec<Endpoint>, HostsError> {
+    pub(crate) fn endpoints(&self, registry: &str) -> Result<Vec<Endpoint>, HostsError> {
         let mut hosts = match self.host_dir(registry)? {
             Some(dir) => load_host_dir(&dir)?,
             None => vec![HostConfig::default()],

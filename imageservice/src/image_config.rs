@@ -128,7 +128,7 @@ impl ImageConfig {
         })
     }
 
-    /// The chain ID of each layer (see [`chain_ids`]).
+    /// The chain ID of each layer (see the free function `chain_ids`).
     pub fn chain_ids(&self) -> Vec<Digest> {
         chain_ids(&self.rootfs.diff_ids)
     }
@@ -136,7 +136,7 @@ impl ImageConfig {
 
 /// Chain IDs, the snapshot keys: the first is the first diff ID, each next
 /// one `sha256(parent_chain_id + " " + diff_id)` (OCI image spec, config.md).
-pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+pub(crate) fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
     let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
     for diff_id in diff_ids {
         let next = match out.last() {

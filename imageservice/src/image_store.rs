@@ -15,7 +15,7 @@ const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const REFS: TableDefinition<&str, &str> = TableDefinition::new("refs");
 
 /// The record version written by this berth.
-pub const RECORD_VERSION: u32 = 1;
+pub(crate) const RECORD_VERSION: u32 = 1;
 
 /// One image as the CRI reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,14 +66,14 @@ pub enum ImageStoreError {
 
 /// The image records.
 #[derive(Debug)]
-pub struct ImageStore {
+pub(crate) struct ImageStore {
     db: Database,
     path: PathBuf,
 }
 
 impl ImageStore {
     /// Opens or creates `<root>/images.redb`.
-    pub fn open(root: &Path) -> Result<ImageStore, ImageStoreError> {
+    pub(crate) fn open(root: &Path) -> Result<ImageStore, ImageStoreError> {
         let path = root.join("images.redb");
         let db = Database::create(&path).map_err(|e| ImageStoreError::Db {
             path: path.clone(),
@@ -104,7 +104,7 @@ impl ImageStore {
     }
 
     /// The image with ID `id`.
-    pub fn get(&self, id: &str) -> Result<Option<ImageRecord>, ImageStoreError> {
+    pub(crate) fn get(&self, id: &str) -> Result<Option<ImageRecord>, ImageStoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_error(e))?;
         let images = txn.open_table(IMAGES).map_err(|e| self.db_error(e))?;
         let found = images.get(id).map_err(|e| self.db_error(e))?;
@@ -114,7 +114,7 @@ impl ImageStore {
     }
 
     /// The image that owns the name (repo tag or repo digest).
-    pub fn by_name(&self, name: &str) -> Result<Option<ImageRecord>, ImageStoreError> {
+    pub(crate) fn by_name(&self, name: &str) -> Result<Option<ImageRecord>, ImageStoreError> {
         let id = {
             let txn = self.db.begin_read().map_err(|e| self.db_error(e))?;
             let refs = txn.open_table(REFS).map_err(|e| self.db_error(e))?;
@@ -128,7 +128,7 @@ impl ImageStore {
     }
 
     /// Every image, by ID.
-    pub fn list(&self) -> Result<Vec<ImageRecord>, ImageStoreError> {
+    pub(crate) fn list(&self) -> Result<Vec<ImageRecord>, ImageStoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_error(e))?;
         let images = txn.open_table(IMAGES).map_err(|e| self.db_error(e))?;
         let mut records = Vec::new();
@@ -142,7 +142,7 @@ impl ImageStore {
     /// Adds `record`, or merges its names into the image with the same ID.
     /// Names it carries are taken from any other image. Returns the stored
     /// record.
-    pub fn put(&self, record: ImageRecord) -> Result<ImageRecord, ImageStoreError> {
+    pub(crate) fn put(&self, record: ImageRecord) -> Result<ImageRecord, ImageStoreError> {
         let txn = self.db.begin_write().map_err(|e| self.db_error(e))?;
         let stored = {
             let mut images = txn.open_table(IMAGES).map_err(|e| self.db_error(e))?;
@@ -199,7 +199,7 @@ impl ImageStore {
     }
 
     /// Removes the image and all its names; `None` if there was none.
-    pub fn remove(&self, id: &str) -> Result<Option<ImageRecord>, ImageStoreError> {
+    pub(crate) fn remove(&self, id: &str) -> Result<Option<ImageRecord>, ImageStoreError> {
         let txn = self.db.begin_write().map_err(|e| self.db_error(e))?;
         let removed = {
             let mut images = txn.open_table(IMAGES).map_err(|e| self.db_error(e))?;

@@ -537,11 +537,22 @@ impl Images {
         Ok(ImageConfig::parse(&digest, &bytes)?)
     }
 
-    /// Removes the image with ID `id` and everything only it used; `None`
-    /// if there was none.
-    pub async fn remove(&self, id: &str) -> Result<Option<ImageRecord>> {
+    /// Removes the image known by `name` (as for [`Images::status`]) and
+    /// everything only it used; `None` if there was none. An image that a
+    /// container's snapshot stands on stays: [`Error::InUse`].
+    pub async fn remove(&self, name: &str) -> Result<Option<ImageRecord>> {
+        let Some(record) = self.status(name).await? else {
+            return Ok(None);
+        };
+        if let Some(snapshot) = self.user(&record).await? {
+            return Err(Error::InUse {
+                id: record.id,
+                name: name.to_owned(),
+                snapshot,
+            });
+        }
         let records = self.records.clone();
-        let id = id.to_owned();
+        let id = record.id;
         let outcome = blocking(move || {
             let Some(removed) = records.remove(&id)? else {
                 return Ok(None);
@@ -569,6 +580,25 @@ impl Images {
             }
         }
         Ok(Some(removed))
+    }
+
+    /// A snapshot that is not the image's own (a container's root
+    /// filesystem) standing on the image's top layer.
+    async fn user(&self, record: &ImageRecord) -> Result<Option<String>> {
+        let Some(top) = record.top_chain_id().map(str::to_owned) else {
+            return Ok(None);
+        };
+        let snapshotter = self.snapshotter.clone();
+        blocking(move || {
+            Ok(snapshotter
+                .list()?
+                .into_iter()
+                .find(|info| {
+                    info.kind != Kind::Committed && info.parent.as_deref() == Some(top.as_str())
+                })
+                .map(|info| info.key))
+        })
+        .await
     }
 
     /// Usage of the filesystem that holds the snapshots.

@@ -105,7 +105,7 @@ pub struct ImageIndex {
     /// The media type the index was served or declared as.
     #[serde(skip)]
     pub media_type: String,
-    /// The entries; choose one with [`crate::PlatformMatcher::select`].
+    /// The entries; choose one with [`crate::platform::PlatformMatcher::select`].
     #[serde(default)]
     pub manifests: Vec<Descriptor>,
     /// Annotations.
@@ -270,7 +270,7 @@ impl ImageIndex {
     /// naming what the index offers. `digest` is this index's digest.
     pub fn select(
         &self,
-        matcher: &crate::PlatformMatcher,
+        matcher: &crate::platform::PlatformMatcher,
         digest: &Digest,
     ) -> Result<&Descriptor, ManifestError> {
         matcher.select(&self.manifests).ok_or_else(|| {
@@ -357,13 +357,13 @@ mod tests {
             panic!("not an index");
         };
         assert_eq!(index.media_type, media_type::DOCKER_MANIFEST_LIST);
-        let amd64 = crate::PlatformMatcher::new(&Platform {
+        let amd64 = crate::platform::PlatformMatcher::new(&Platform {
             os: "linux".into(),
             architecture: "amd64".into(),
             ..Platform::default()
         });
         assert_eq!(index.select(&amd64, &d(0)).expect("amd64").digest, d(1));
-        let s390x = crate::PlatformMatcher::new(&Platform {
+        let s390x = crate::platform::PlatformMatcher::new(&Platform {
             os: "linux".into(),
             architecture: "s390x".into(),
             ..Platform::default()

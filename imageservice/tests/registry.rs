@@ -8,12 +8,11 @@ mod support;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use berth_imageservice::digest::Digest;
-use berth_imageservice::manifest::media_type;
-use berth_imageservice::{
-    decompress, AuthConfig, Client, ClientConfig, DiffIdReader, ErrorKind, ImageConfig, Ingest,
-    Manifest, Platform, PlatformMatcher, PullOptions, Reference, Session, Store,
+use berth_imageservice::testing::{
+    decompress, media_type, Client, ClientConfig, DiffIdReader, Ingest, Manifest, Platform,
+    PlatformMatcher, PullOptions, Reference, Session, Store,
 };
+use berth_imageservice::{AuthConfig, Digest, ErrorKind, ImageConfig};
 use bytes::Bytes;
 use support::{everything_about, not_found, reply, stalling, FakeRegistry, HostsDir, Reply, Seen};
 
@@ -33,6 +32,11 @@ impl TestImage {
         let tar: Vec<u8> = (0..20_000u32)
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
+        TestImage::with_layer(tar)
+    }
+
+    /// An image whose one layer is `tar`, uncompressed.
+    fn with_layer(tar: Vec<u8>) -> TestImage {
         let diff_id = Digest::sha256(&tar);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&tar).expect("gzip");
@@ -107,7 +111,7 @@ impl TestImage {
         None
     }
 
-    fn manifest_descriptor(&self) -> berth_imageservice::Descriptor {
+    fn manifest_descriptor(&self) -> berth_imageservice::testing::Descriptor {
         descriptor(
             media_type::OCI_MANIFEST,
             &self.manifest_digest,
@@ -115,7 +119,7 @@ impl TestImage {
         )
     }
 
-    fn layer_descriptor(&self) -> berth_imageservice::Descriptor {
+    fn layer_descriptor(&self) -> berth_imageservice::testing::Descriptor {
         descriptor(
             media_type::OCI_LAYER_GZIP,
             &self.layer_digest,
@@ -124,7 +128,7 @@ impl TestImage {
     }
 }
 
-fn descriptor(mt: &str, digest: &Digest, size: usize) -> berth_imageservice::Descriptor {
+fn descriptor(mt: &str, digest: &Digest, size: usize) -> berth_imageservice::testing::Descriptor {
     serde_json::from_value(serde_json::json!({
         "mediaType": mt, "digest": digest.to_string(), "size": size
     }))
@@ -937,7 +941,11 @@ async fn tls_scenarios(addr: &str, pki: &support::Pki) {
 async fn pull(
     session: &Session,
     store: &Store,
-) -> (Digest, berth_imageservice::ImageManifest, ImageConfig) {
+) -> (
+    Digest,
+    berth_imageservice::testing::ImageManifest,
+    ImageConfig,
+) {
     let top = session.resolve().await.expect("resolve");
     let mut descriptor = top.clone();
     let manifest = loop {
@@ -1142,4 +1150,57 @@ async fn real_registry_scenarios(addr: &str, images: &str) {
     .await;
     let err = berth_imageservice::Error::from(s.resolve().await.expect_err("missing tag"));
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+}
+
+/// RemoveImage's rule: an image a container's snapshot stands on stays
+/// (FailedPrecondition, naming the snapshot); once the snapshot is gone the
+/// image goes, and removing it again finds nothing.
+#[tokio::test]
+async fn images_in_use_are_not_removed() {
+    // Two zero blocks: an empty tar archive, which unpacks to nothing.
+    let image = TestImage::with_layer(vec![0; 1024]);
+    let served = image.clone();
+    let registry = FakeRegistry::start(move |req| {
+        if req.path == "/v2/" {
+            return reply(200, &[("content-type", "application/json")], "{}");
+        }
+        served.route("/v2", req).unwrap_or_else(not_found)
+    })
+    .await;
+    let hosts = HostsDir::new();
+    hosts.write("fake.test", &format!("server = \"{}\"\n", registry.url()));
+    let root = tempfile::tempdir().expect("tempdir");
+    let images = berth_imageservice::Images::open(berth_imageservice::ImagesConfig {
+        root: root.path().to_owned(),
+        hosts_dir: Some(hosts.path()),
+        max_concurrent_downloads: 3,
+        stall_timeout: Duration::from_secs(10),
+        pinned: Vec::new(),
+        keep_layer_blobs: false,
+    })
+    .await
+    .expect("open the image service");
+    let name = "fake.test/team/app:1";
+    let record = images.pull(name, None, None).await.expect("pull");
+    let top = record.chain_ids.last().expect("one layer").clone();
+    let snapshotter = images.snapshotter().clone();
+    snapshotter
+        .prepare("container-rootfs", Some(&top))
+        .expect("a container's snapshot on the image");
+
+    let refused = images.remove(name).await.expect_err("the image is in use");
+    assert_eq!(refused.kind(), ErrorKind::FailedPrecondition, "{refused}");
+    let message = refused.to_string();
+    assert!(message.contains(&record.id), "{message}");
+    assert!(message.contains(name), "{message}");
+    assert!(message.contains("container-rootfs"), "{message}");
+    assert!(images.status(name).await.expect("status").is_some());
+
+    snapshotter
+        .remove("container-rootfs")
+        .expect("remove the snapshot");
+    let removed = images.remove(name).await.expect("remove");
+    assert_eq!(removed.map(|r| r.id), Some(record.id));
+    assert!(images.status(name).await.expect("status").is_none());
+    assert!(images.remove(name).await.expect("remove again").is_none());
 }

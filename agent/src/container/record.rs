@@ -192,16 +192,17 @@ impl ContainerError {
         }
     }
 
-    /// The gRPC code of this error.
-    pub fn grpc_code(&self) -> tonic::Code {
+    /// The class of this error.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
         match self {
-            Self::NotFound(_) | Self::ImageNotFound(_) => tonic::Code::NotFound,
-            Self::SandboxNotReady(_) | Self::WrongState { .. } => tonic::Code::FailedPrecondition,
-            Self::Spec(e) if e.is_invalid_argument() => tonic::Code::InvalidArgument,
-            Self::Shim(e) => e.grpc_code(),
-            Self::ExecTimeout { .. } => tonic::Code::DeadlineExceeded,
-            Self::Abandoned => tonic::Code::Cancelled,
-            Self::Spec(_) | Self::Snapshot(_) | Self::Io { .. } => tonic::Code::Internal,
+            Self::NotFound(_) | Self::ImageNotFound(_) => ErrorKind::NotFound,
+            Self::SandboxNotReady(_) | Self::WrongState { .. } => ErrorKind::FailedPrecondition,
+            Self::Spec(e) => e.kind(),
+            Self::Shim(e) => e.kind(),
+            Self::ExecTimeout { .. } => ErrorKind::DeadlineExceeded,
+            Self::Abandoned => ErrorKind::Cancelled,
+            Self::Snapshot(_) | Self::Io { .. } => ErrorKind::Internal,
         }
     }
 }
@@ -293,12 +294,13 @@ impl Containers {
         {
             return Ok(client.clone());
         }
-        let address =
-            std::fs::read_to_string(record.address_file()).map_err(|e| ShimError::Connect {
+        let address = std::fs::read_to_string(record.address_file()).map_err(|source| {
+            ShimError::Address {
                 id: record.id.clone(),
-                address: record.address_file().display().to_string(),
-                reason: e.to_string(),
-            })?;
+                path: record.address_file(),
+                source,
+            }
+        })?;
         let client = ShimClient::connect(&record.id, address.trim(), record.task_api).await?;
         self.clients
             .lock()

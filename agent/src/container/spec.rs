@@ -231,6 +231,16 @@ impl SpecError {
         !matches!(self, Self::Host { .. })
     }
 
+    /// The class of this error.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        if self.is_invalid_argument() {
+            ErrorKind::InvalidArgument
+        } else {
+            ErrorKind::Internal
+        }
+    }
+
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Invalid {
             field: field.into(),

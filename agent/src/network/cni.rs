@@ -29,6 +29,11 @@ pub enum CniError {
         source_file: PathBuf,
         reason: String,
     },
+    #[error("CNI network config {source_file}: {source}")]
+    ConfigJson {
+        source_file: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("cannot run CNI plugin {plugin}: {source}")]
     Exec {
         plugin: String,
@@ -41,11 +46,11 @@ pub enum CniError {
         code: i64,
         message: String,
     },
-    #[error("CNI plugin {plugin} {command} returned an unreadable result: {reason}")]
+    #[error("CNI plugin {plugin} {command} returned an unreadable result: {source}")]
     BadResult {
         plugin: String,
         command: &'static str,
-        reason: String,
+        source: serde_json::Error,
     },
     #[error("CNI plugin {plugin} {command} did not finish within {seconds} s")]
     Timeout {
@@ -166,7 +171,11 @@ fn plugin_objects(network: &NetworkConfigList) -> Result<Vec<Map<String, Value>>
         source_file: network.source.clone(),
         reason,
     };
-    let document: Value = serde_json::from_slice(&network.bytes).map_err(|e| bad(e.to_string()))?;
+    let document: Value =
+        serde_json::from_slice(&network.bytes).map_err(|source| CniError::ConfigJson {
+            source_file: network.source.clone(),
+            source,
+        })?;
     let objects = match document.get("plugins") {
         Some(Value::Array(plugins)) => plugins.clone(),
         Some(_) => return Err(bad("`plugins` is not a list".to_owned())),
@@ -279,10 +288,10 @@ async fn invoke(
     let stdout: Value = if output.stdout.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
-        serde_json::from_slice(&output.stdout).map_err(|e| CniError::BadResult {
+        serde_json::from_slice(&output.stdout).map_err(|source| CniError::BadResult {
             plugin: plugin_type.clone(),
             command: command.name(),
-            reason: e.to_string(),
+            source,
         })?
     };
     if !output.status.success() {

@@ -204,6 +204,12 @@ pub enum SandboxError {
     },
     #[error("pod init {binary}: {reason}")]
     Init { binary: PathBuf, reason: String },
+    #[error("pod init {binary}: {what}: {source}")]
+    InitIo {
+        binary: PathBuf,
+        what: String,
+        source: std::io::Error,
+    },
     #[error("cannot create {path}: {source}")]
     CreateDir {
         path: PathBuf,
@@ -216,6 +222,28 @@ pub enum SandboxError {
     },
     #[error("RunPodSandbox was abandoned by its client; the sandbox was rolled back")]
     Abandoned,
+}
+
+impl SandboxError {
+    /// The class of this error.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::NetworkNotReady(_) => ErrorKind::FailedPrecondition,
+            Self::Files(FilesError::Dns { .. }) => ErrorKind::InvalidArgument,
+            Self::Abandoned => ErrorKind::Cancelled,
+            Self::Namespace(_)
+            | Self::Files(_)
+            | Self::Cni(_)
+            | Self::Sysctl { .. }
+            | Self::Hostname { .. }
+            | Self::Init { .. }
+            | Self::InitIo { .. }
+            | Self::CreateDir { .. }
+            | Self::RemoveDir { .. } => ErrorKind::Internal,
+        }
+    }
 }
 
 /// The sandboxes of this berthd: records, names, one lock per pod.

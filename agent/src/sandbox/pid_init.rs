@@ -33,10 +33,18 @@ pub async fn start(dir: &Path, pidns: &Path) -> Result<u32, SandboxError> {
         binary: binary.clone(),
         reason,
     };
+    let io_failed = |what: String| {
+        let binary = binary.clone();
+        move |source| SandboxError::InitIo {
+            binary,
+            what,
+            source,
+        }
+    };
     // The init inherits stderr: a file, never a pipe berthd would wait on.
     let log_path = dir.join(LOG_FILE);
     let log = std::fs::File::create(&log_path)
-        .map_err(|e| failed(format!("cannot create {}: {e}", log_path.display())))?;
+        .map_err(io_failed(format!("cannot create {}", log_path.display())))?;
     let output = tokio::process::Command::new(&binary)
         .arg("start")
         .arg(dir.join(PID_FILE))
@@ -44,10 +52,10 @@ pub async fn start(dir: &Path, pidns: &Path) -> Result<u32, SandboxError> {
         .stdout(std::process::Stdio::piped())
         .stderr(log)
         .spawn()
-        .map_err(|e| failed(format!("cannot run it: {e}")))?
+        .map_err(io_failed("cannot run it".to_owned()))?
         .wait_with_output()
         .await
-        .map_err(|e| failed(format!("cannot run it: {e}")))?;
+        .map_err(io_failed("cannot run it".to_owned()))?;
     if !output.status.success() {
         let stderr = std::fs::read_to_string(&log_path).unwrap_or_default();
         return Err(failed(format!("{}: {}", output.status, stderr.trim())));

@@ -3,7 +3,7 @@
 
 use super::{CriService, ResponseStream};
 use crate::Error;
-use berth_imageservice::image_store::ImageRecord;
+use berth_imageservice::ImageRecord;
 use berth_proto::cri::v1 as cri;
 use berth_proto::cri::v1::image_service_server::ImageService;
 use std::collections::HashMap;
@@ -88,9 +88,10 @@ impl ImageService for CriService {
         // the pull's outcome: a layer task may have seen its siblings
         // cancelled first, and a late success reaches nobody.
         if deadline.is_some_and(|at| Instant::now() >= at) {
-            return Err(Status::deadline_exceeded(format!(
-                "pulling {name}: the client's deadline passed"
-            )));
+            return Err(Error::DeadlinePassed {
+                action: format!("pulling {name}"),
+            }
+            .into());
         }
         let record = pulled.map_err(Error::from)?;
         Ok(Response::new(cri::PullImageResponse {
@@ -104,18 +105,8 @@ impl ImageService for CriService {
     ) -> Result<Response<cri::RemoveImageResponse>, Status> {
         let request = request.into_inner();
         let name = image_name(request.image.as_ref(), "image.image")?;
-        let images = &self.state.images;
         // Removing an image that is gone already succeeds (CRI contract).
-        let Some(record) = images.status(name).await.map_err(Error::from)? else {
-            return Ok(Response::new(cri::RemoveImageResponse {}));
-        };
-        if let Some(user) = self.image_user(&record).await? {
-            return Err(Status::failed_precondition(format!(
-                "image {} ({name}) is in use by container snapshot {user}",
-                record.id
-            )));
-        }
-        images.remove(&record.id).await.map_err(Error::from)?;
+        self.state.images.remove(name).await.map_err(Error::from)?;
         Ok(Response::new(cri::RemoveImageResponse {}))
     }
 
@@ -189,38 +180,13 @@ impl CriService {
             pinned: self.state.images.is_pinned(record),
         }
     }
-
-    /// A snapshot (a container's root filesystem) standing on the image.
-    async fn image_user(&self, record: &ImageRecord) -> Result<Option<String>, Status> {
-        let Some(top) = record.top_chain_id().map(str::to_owned) else {
-            return Ok(None);
-        };
-        let snapshotter = self.state.images.snapshotter().clone();
-        let user = tokio::task::spawn_blocking(move || {
-            snapshotter.list().map(|infos| {
-                infos
-                    .into_iter()
-                    .find(|info| {
-                        info.kind != berth_snapshotter::Kind::Committed
-                            && info.parent.as_deref() == Some(top.as_str())
-                    })
-                    .map(|info| info.key)
-            })
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(user)
-    }
 }
 
 /// The image name of a request, or InvalidArgument naming the field.
-fn image_name<'a>(spec: Option<&'a cri::ImageSpec>, field: &str) -> Result<&'a str, Status> {
+fn image_name<'a>(spec: Option<&'a cri::ImageSpec>, field: &str) -> Result<&'a str, Error> {
     match spec.map(|s| s.image.as_str()) {
         Some(name) if !name.is_empty() => Ok(name),
-        _ => Err(Status::invalid_argument(format!(
-            "{field} must name an image"
-        ))),
+        _ => Err(Error::invalid(field, "must name an image")),
     }
 }
 

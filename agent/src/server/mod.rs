@@ -30,10 +30,10 @@ pub type ResponseStream<T> =
 
 /// The status of an RPC berth does not implement yet.
 fn unimplemented(method: &str) -> tonic::Status {
-    tonic::Status::unimplemented(format!(
-        "{} is not implemented by berth yet",
-        rpc_name(method)
-    ))
+    crate::Error::Unimplemented {
+        rpc: rpc_name(method),
+    }
+    .into()
 }
 
 /// The CRI name of a handler: `run_pod_sandbox` is `RunPodSandbox`.

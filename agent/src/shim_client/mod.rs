@@ -16,6 +16,7 @@
 //! berthds on one host (tests) never share a shim socket; its OCI runtime
 //! keeps state under `<state>/runc`.
 
+use crate::error::ErrorKind;
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{Message, MessageField};
@@ -46,11 +47,32 @@ pub enum ShimError {
     HandlerShimMissing(PathBuf),
     #[error("cannot launch the shim of {id}: {reason}")]
     Launch { id: String, reason: String },
-    #[error("cannot connect to the shim of {id} at {address}: {reason}")]
+    /// The shim binary could not be run for its `action` (`start`,
+    /// `delete`).
+    #[error("cannot launch the shim of {id}: cannot run {} {action}: {source}", .binary.display())]
+    Run {
+        id: String,
+        binary: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot launch the shim of {id}: delete printed no DeleteResponse: {source}")]
+    DeleteReply {
+        id: String,
+        source: containerd_shim_protos::protobuf::Error,
+    },
+    /// The shim's address file (written by its `start`) is unreadable.
+    #[error("cannot find the shim of {id}: {}: {source}", .path.display())]
+    Address {
+        id: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the shim of {id} at {address}: {source}")]
     Connect {
         id: String,
         address: String,
-        reason: String,
+        source: ttrpc::Error,
     },
     /// The shim answered with an error status.
     #[error("shim {rpc} of {id}: {message}")]
@@ -61,31 +83,36 @@ pub enum ShimError {
         message: String,
     },
     /// The connection failed (the shim died or went away).
-    #[error("shim {rpc} of {id}: {reason}")]
+    #[error("shim {rpc} of {id}: {source}")]
     Transport {
         rpc: &'static str,
         id: String,
-        reason: String,
+        source: ttrpc::Error,
     },
 }
 
 impl ShimError {
-    /// The gRPC code the shim's answer stands for.
-    pub fn grpc_code(&self) -> tonic::Code {
+    /// The class of the shim's answer.
+    pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Status { code, .. } => match code {
-                ttrpc::Code::NOT_FOUND => tonic::Code::NotFound,
-                ttrpc::Code::INVALID_ARGUMENT => tonic::Code::InvalidArgument,
-                ttrpc::Code::ALREADY_EXISTS => tonic::Code::AlreadyExists,
-                ttrpc::Code::FAILED_PRECONDITION => tonic::Code::FailedPrecondition,
-                ttrpc::Code::DEADLINE_EXCEEDED => tonic::Code::DeadlineExceeded,
-                ttrpc::Code::UNAVAILABLE => tonic::Code::Unavailable,
-                ttrpc::Code::UNIMPLEMENTED => tonic::Code::Unimplemented,
-                _ => tonic::Code::Internal,
+                ttrpc::Code::NOT_FOUND => ErrorKind::NotFound,
+                ttrpc::Code::INVALID_ARGUMENT => ErrorKind::InvalidArgument,
+                ttrpc::Code::ALREADY_EXISTS => ErrorKind::AlreadyExists,
+                ttrpc::Code::FAILED_PRECONDITION => ErrorKind::FailedPrecondition,
+                ttrpc::Code::DEADLINE_EXCEEDED => ErrorKind::DeadlineExceeded,
+                ttrpc::Code::UNAVAILABLE => ErrorKind::Unavailable,
+                ttrpc::Code::UNIMPLEMENTED => ErrorKind::Unimplemented,
+                _ => ErrorKind::Internal,
             },
-            Self::NotInstalled(_) | Self::Launch { .. } => tonic::Code::Internal,
-            Self::HandlerShimMissing(_) => tonic::Code::FailedPrecondition,
-            Self::Connect { .. } | Self::Transport { .. } => tonic::Code::Unavailable,
+            Self::NotInstalled(_)
+            | Self::Launch { .. }
+            | Self::Run { .. }
+            | Self::DeleteReply { .. } => ErrorKind::Internal,
+            Self::HandlerShimMissing(_) => ErrorKind::FailedPrecondition,
+            Self::Address { .. } | Self::Connect { .. } | Self::Transport { .. } => {
+                ErrorKind::Unavailable
+            }
         }
     }
 
@@ -102,7 +129,10 @@ impl ShimError {
 
     /// True when the shim could not be reached at all.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::Transport { .. })
+        matches!(
+            self,
+            Self::Address { .. } | Self::Connect { .. } | Self::Transport { .. }
+        )
     }
 }
 
@@ -232,9 +262,11 @@ pub async fn launch(
     let output = shim_command(shim, settings, id, bundle, "start")
         .output()
         .await
-        .map_err(|e| ShimError::Launch {
+        .map_err(|source| ShimError::Run {
             id: id.to_owned(),
-            reason: format!("cannot run {}: {e}", binary.display()),
+            binary: binary.clone(),
+            action: "start",
+            source,
         })?;
     if !output.status.success() {
         return Err(ShimError::Launch {
@@ -303,9 +335,11 @@ pub async fn cleanup_dead(
     let output = shim_command(shim, settings, id, bundle, "delete")
         .output()
         .await
-        .map_err(|e| ShimError::Launch {
+        .map_err(|source| ShimError::Run {
             id: id.to_owned(),
-            reason: format!("cannot run {} delete: {e}", binary.display()),
+            binary: binary.clone(),
+            action: "delete",
+            source,
         })?;
     if !output.status.success() {
         return Err(ShimError::Launch {
@@ -317,11 +351,12 @@ pub async fn cleanup_dead(
             ),
         });
     }
-    let response =
-        api::DeleteResponse::parse_from_bytes(&output.stdout).map_err(|e| ShimError::Launch {
+    let response = api::DeleteResponse::parse_from_bytes(&output.stdout).map_err(|source| {
+        ShimError::DeleteReply {
             id: id.to_owned(),
-            reason: format!("delete printed no DeleteResponse: {e}"),
-        })?;
+            source,
+        }
+    })?;
     Ok(response)
 }
 
@@ -394,10 +429,10 @@ impl ShimClient {
     pub async fn connect(id: &str, address: &str, task_api: TaskApi) -> Result<Self, ShimError> {
         let client = Client::connect(address)
             .await
-            .map_err(|e| ShimError::Connect {
+            .map_err(|source| ShimError::Connect {
                 id: id.to_owned(),
                 address: address.to_owned(),
-                reason: e.to_string(),
+                source,
             })?;
         Ok(Self {
             id: id.to_owned(),
@@ -427,10 +462,10 @@ impl ShimClient {
                 code: status.code(),
                 message: status.message().to_owned(),
             },
-            other => ShimError::Transport {
+            source => ShimError::Transport {
                 rpc,
                 id: self.id.clone(),
-                reason: other.to_string(),
+                source,
             },
         }
     }
@@ -632,7 +667,7 @@ mod tests {
             "{uri}"
         );
         let missing = Shim::new(Some(Path::new("berth-no-such-shim"))).expect_err("missing");
-        assert_eq!(missing.grpc_code(), tonic::Code::FailedPrecondition);
+        assert_eq!(missing.kind(), ErrorKind::FailedPrecondition);
     }
 
     #[test]
@@ -665,25 +700,19 @@ mod tests {
     }
 
     #[test]
-    fn status_codes_map_to_grpc() {
+    fn status_codes_map_to_kinds() {
         let error = |code| ShimError::Status {
             rpc: "kill",
             id: "c".into(),
             code,
             message: "m".into(),
         };
-        assert_eq!(
-            error(ttrpc::Code::NOT_FOUND).grpc_code(),
-            tonic::Code::NotFound
-        );
+        assert_eq!(error(ttrpc::Code::NOT_FOUND).kind(), ErrorKind::NotFound);
         assert!(error(ttrpc::Code::NOT_FOUND).is_not_found());
         assert_eq!(
-            error(ttrpc::Code::FAILED_PRECONDITION).grpc_code(),
-            tonic::Code::FailedPrecondition
+            error(ttrpc::Code::FAILED_PRECONDITION).kind(),
+            ErrorKind::FailedPrecondition
         );
-        assert_eq!(
-            error(ttrpc::Code::UNKNOWN).grpc_code(),
-            tonic::Code::Internal
-        );
+        assert_eq!(error(ttrpc::Code::UNKNOWN).kind(), ErrorKind::Internal);
     }
 }

@@ -41,24 +41,44 @@ pub enum StoreError {
     #[error("metadata store {path} is in use by another process")]
     InUse { path: PathBuf },
     #[error(
-        "metadata store {path} is corrupt or not a berth store ({reason}); it was left untouched"
+        "metadata store {path} is corrupt or not a berth store ({source}); it was left untouched"
     )]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        path: PathBuf,
+        source: Box<redb::DatabaseError>,
+    },
+    #[error("metadata store {path} has unknown old schema version {found}; it was left untouched")]
+    OldSchema { path: PathBuf, found: u32 },
     #[error("metadata store {path} has schema version {found}, newer than the {supported} this berth supports; upgrade berth")]
     TooNew {
         path: PathBuf,
         found: u32,
         supported: u32,
     },
-    #[error("metadata store {path}: {reason}")]
-    Io { path: PathBuf, reason: String },
-    #[error("metadata store {path}: record {table}/{key} is unreadable: {reason}")]
+    #[error("metadata store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        // Boxed: redb's error is large, and every store result carries it.
+        source: Box<redb::Error>,
+    },
+    #[error("metadata store {path}: record {table}/{key} is unreadable: {source}")]
     Record {
         path: PathBuf,
         table: &'static str,
         key: String,
-        reason: String,
+        source: serde_json::Error,
     },
+}
+
+impl StoreError {
+    /// The class of this error: another process holding the store is
+    /// transient; everything else is the node's failure.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            Self::InUse { .. } => crate::error::ErrorKind::Unavailable,
+            _ => crate::error::ErrorKind::Internal,
+        }
+    }
 }
 
 /// The tables of the store.
@@ -139,9 +159,9 @@ impl Store {
                 found,
                 supported: SCHEMA_VERSION,
             }),
-            found => Err(StoreError::Corrupt {
+            found => Err(StoreError::OldSchema {
                 path: self.path.clone(),
-                reason: format!("unknown old schema version {found}"),
+                found,
             }),
         }
     }
@@ -212,11 +232,11 @@ impl Store {
         key: &str,
         bytes: &[u8],
     ) -> Result<T, StoreError> {
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Record {
+        serde_json::from_slice(bytes).map_err(|source| StoreError::Record {
             path: self.path.clone(),
             table: table.name(),
             key: key.to_owned(),
-            reason: e.to_string(),
+            source,
         })
     }
 
@@ -225,10 +245,10 @@ impl Store {
         &self.path
     }
 
-    fn io(&self, e: impl std::fmt::Display) -> StoreError {
+    fn io(&self, e: impl Into<redb::Error>) -> StoreError {
         StoreError::Io {
             path: self.path.clone(),
-            reason: e.to_string(),
+            source: Box::new(e.into()),
         }
     }
 }
@@ -238,9 +258,9 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
             path: path.to_owned(),
         },
-        other => StoreError::Corrupt {
+        source => StoreError::Corrupt {
             path: path.to_owned(),
-            reason: other.to_string(),
+            source: Box::new(source),
         },
     }
 }

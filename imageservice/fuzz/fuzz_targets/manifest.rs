@@ -1,7 +1,8 @@
 //! Manifests and indexes of every media type: parsing never panics.
 #![no_main]
 
-use berth_imageservice::{Digest, Manifest};
+use berth_imageservice::testing::Manifest;
+use berth_imageservice::Digest;
 use libfuzzer_sys::fuzz_target;
 
 const MEDIA_TYPES: [&str; 5] = [

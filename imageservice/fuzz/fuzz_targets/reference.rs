@@ -2,7 +2,7 @@
 //! names that parse again to the same reference.
 #![no_main]
 
-use berth_imageservice::Reference;
+use berth_imageservice::testing::Reference;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -17,7 +17,7 @@ pub enum Ingest {
     /// The blob is already committed: nothing to download.
     Exists(Info),
     /// The caller writes the blob. Dropping the writer without
-    /// [`Writer::commit`] discards it and lets a waiting caller take over.
+    /// `Writer::commit` discards it and lets a waiting caller take over.
     New(Box<Writer>),
 }
 

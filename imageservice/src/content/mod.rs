@@ -13,7 +13,7 @@
 //! verified content, and a crash leaves at most an ingest file. A blob that
 //! exists is not written again.
 //!
-//! Writes are single-flight per digest: while one [`Writer`] for a digest is
+//! Writes are single-flight per digest: while one [`Writer`](ingest::Writer) for a digest is
 //! open, [`Store::writer`] for the same digest waits for it, then returns
 //! [`Ingest::Exists`] if it committed, or a fresh writer if it failed.
 //!
@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::digest::{Algorithm, Digest};
 
-pub use ingest::{Ingest, Writer};
+pub use ingest::Ingest;
 
 /// What the store knows about a committed blob.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -319,7 +319,7 @@ const DEFAULT_TOKEN_LIFETIME: u64 = 60;
 
 impl AuthCache {
     /// The challenge last seen from `endpoint` (its `scheme://host`).
-    pub fn challenge(&self, endpoint: &str) -> Option<Challenge> {
+    pub(super) fn challenge(&self, endpoint: &str) -> Option<Challenge> {
         self.challenges
             .lock()
             .expect("auth challenge lock poisoned")
@@ -329,7 +329,7 @@ impl AuthCache {
 
     /// Remembers `endpoint`'s challenge, so later requests authenticate
     /// up front.
-    pub fn remember(&self, endpoint: &str, challenge: Challenge) {
+    pub(super) fn remember(&self, endpoint: &str, challenge: Challenge) {
         self.challenges
             .lock()
             .expect("auth challenge lock poisoned")
@@ -339,7 +339,7 @@ impl AuthCache {
     /// The `Authorization` value answering `challenge`, or `None` when
     /// there is nothing to send (Basic without credentials). `refresh`
     /// drops a cached token first (it was just rejected).
-    pub async fn authorization(
+    pub(super) async fn authorization(
         &self,
         challenge: &Challenge,
         request: &TokenRequest<'_>,

@@ -29,7 +29,7 @@ pub(crate) enum Wait {
 
 impl Guard {
     /// Runs `fut`, failing on cancellation, at the deadline, or after `limit`.
-    pub async fn run<T>(
+    pub(crate) async fn run<T>(
         &self,
         url: &str,
         limit: Duration,

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::AuthConfig;
-pub use body::Blob;
+pub(crate) use body::Blob;
 
 use crate::content::{Info, Ingest, Store};
 use crate::digest::{Digest, Hasher};
@@ -87,9 +87,9 @@ pub struct PullOptions {
     /// Credentials (CRI `AuthConfig`); `None`: anonymous.
     pub auth: Option<AuthConfig>,
     /// Every network wait of the session fails with
-    /// [`RegistryError::DeadlineExceeded`] after this instant.
+    /// `RegistryError::DeadlineExceeded` after this instant.
     pub deadline: Option<Instant>,
-    /// Cancelling it fails every wait with [`RegistryError::Cancelled`].
+    /// Cancelling it fails every wait with `RegistryError::Cancelled`.
     /// Dropping a session's future cancels too; this is for work shared by
     /// several callers.
     pub cancel: Option<CancellationToken>,
