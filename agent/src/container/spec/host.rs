@@ -1,7 +1,7 @@
 //! Facts about the host that shape a container's spec.
 
 use super::capabilities;
-use super::spec::SpecError;
+use super::SpecError;
 use crate::cgroups::CgroupLayout;
 use oci_spec::runtime::Capability;
 use std::path::{Path, PathBuf};

@@ -51,17 +51,23 @@
 //!   `io.kubernetes.cri.*` keys containerd sets, which win over annotations
 //!   of the same name.
 
-use super::host::HostFacts;
-use super::user::ImageUsers;
-use super::{capabilities, devices, mounts, seccomp, user};
+mod capabilities;
+mod devices;
+mod host;
+mod mounts;
+mod seccomp;
+mod user;
+
 use crate::cgroups::CgroupDriver;
 use berth_proto::cri::v1 as cri;
+pub use host::HostFacts;
 use oci_spec::runtime::{
     Capabilities, Capability, Linux, LinuxCapabilities, LinuxCpu, LinuxHugepageLimit, LinuxMemory,
     LinuxNamespace, LinuxNamespaceType, LinuxResources, Process, Root, Spec, User,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+pub use user::ImageUsers;
 
 /// The OCI runtime spec version berth writes (that of runc 1.1).
 const OCI_VERSION: &str = "1.0.2-dev";
@@ -681,7 +687,6 @@ fn annotations(input: &SpecInput<'_>) -> HashMap<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::capabilities;
     use super::*;
     use oci_spec::runtime::{LinuxSeccompAction, Mount};
 
