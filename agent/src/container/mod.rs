@@ -41,6 +41,6 @@ pub mod update;
 
 pub use record::{ContainerError, ContainerRecord, ContainerState, Containers};
 pub use spec::{
-    build_container_spec, cgroups_path, HostFacts, ImageConfig, ImageUsers, PodFiles,
-    PodNamespaces, PodPidNamespace, SpecError, SpecInput,
+    build_container_spec, HostFacts, ImageConfig, ImageUsers, PodFiles, PodNamespaces,
+    PodPidNamespace, SpecError, SpecInput,
 };
