@@ -127,6 +127,55 @@ impl CgroupLayout {
     pub fn is_unified(&self) -> bool {
         matches!(self, Self::Unified { .. })
     }
+
+    /// Reads which optional limits the host's controllers take.
+    pub fn resource_support(&self) -> Result<ResourceSupport, CgroupError> {
+        match self {
+            Self::Unified { mount } => {
+                // Swap accounting shows as `memory.swap.max` in any
+                // non-root cgroup with memory enabled: berthd's own.
+                let path = Path::new("/proc/self/cgroup");
+                let own = std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let own = own
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .unwrap_or("/")
+                    .trim_start_matches('/');
+                let controllers =
+                    std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+                Ok(ResourceSupport {
+                    swap_limit: mount.join(own).join("memory.swap.max").exists(),
+                    hugetlb: controllers.split_whitespace().any(|c| c == "hugetlb"),
+                })
+            }
+            Self::Legacy { hierarchies, .. } => {
+                let mount = |controller: &str| {
+                    hierarchies
+                        .iter()
+                        .find(|(_, cs)| cs.iter().any(|c| c == controller))
+                        .map(|(mount, _)| mount.as_path())
+                };
+                Ok(ResourceSupport {
+                    swap_limit: mount("memory")
+                        .is_some_and(|m| m.join("memory.memsw.limit_in_bytes").exists()),
+                    hugetlb: mount("hugetlb").is_some(),
+                })
+            }
+        }
+    }
+}
+
+/// Which optional limits a container's spec may set on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceSupport {
+    /// The memory controller accounts swap (`memory.memsw.*` on v1,
+    /// `memory.swap.max` on v2), so `memory.swap` may be set.
+    pub swap_limit: bool,
+    /// The hugetlb controller is available where containers' resources live.
+    pub hugetlb: bool,
 }
 
 /// One cgroup under a layout: its directory in each hierarchy. Resolving
@@ -371,6 +420,40 @@ mod tests {
             panic!("expected legacy");
         };
         assert_eq!(hierarchies[0].0, PathBuf::from("/sys/fs/cgroup/with space"));
+    }
+
+    #[test]
+    fn resource_support_of_v1() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let memory = dir.path().join("memory");
+        std::fs::create_dir(&memory).expect("mkdir");
+        let layout = |hugetlb: bool| CgroupLayout::Legacy {
+            hierarchies: [
+                Some((memory.clone(), vec!["memory".to_owned()])),
+                hugetlb.then(|| (dir.path().join("hugetlb"), vec!["hugetlb".to_owned()])),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            unified: None,
+        };
+        let none = ResourceSupport {
+            swap_limit: false,
+            hugetlb: false,
+        };
+        assert_eq!(layout(false).resource_support().expect("support"), none);
+        std::fs::write(
+            memory.join("memory.memsw.limit_in_bytes"),
+            "9223372036854771712\n",
+        )
+        .expect("write");
+        assert_eq!(
+            layout(true).resource_support().expect("support"),
+            ResourceSupport {
+                swap_limit: true,
+                hugetlb: true
+            }
+        );
     }
 
     #[test]

@@ -230,13 +230,16 @@ pub enum SpecError {
     },
     #[error("linux.cgroup_parent: {0}")]
     CgroupParent(#[from] CgroupPathError),
+    /// The host's cgroups could not be read (not the client's fault).
+    #[error("cannot read the host's cgroups: {0}")]
+    HostCgroups(#[source] cgroups::CgroupError),
 }
 
 impl SpecError {
     /// True when the request itself is at fault, so the CRI answer is
     /// `InvalidArgument`; false for host failures (`Internal`).
     pub fn is_invalid_argument(&self) -> bool {
-        !matches!(self, Self::Host { .. })
+        !matches!(self, Self::Host { .. } | Self::HostCgroups(_))
     }
 
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
