@@ -1,10 +1,31 @@
-//! cgroup layout and driver detection.
+//! Everything berth knows about cgroups.
+//!
+//! Layout: this file detects the layout and chooses the driver; `path.rs`
+//! names the cgroups of pods and containers for both drivers and maps them
+//! to directories; a [`Cgroup`] is one cgroup's directories under a layout;
+//! `stats.rs` reads its counters ([`CgroupStats`]) on v1 and v2, `oom.rs`
+//! its OOM kills; `files.rs` parses the kernel's file formats.
 //!
 //! berth supports the three layouts found on nodes: legacy v1 (one mount per
 //! controller), hybrid (v1 controllers plus an empty cgroup2 mount, as on
 //! this project's development machines) and unified v2 (production nodes).
 //! The layout is read from `/proc/self/mountinfo`, so tests can feed recorded
-//! files from each kind of machine.
+//! files from each kind of machine. In a hybrid layout containers' resources
+//! live in the v1 hierarchies, so the cgroup2 mount is not read.
+//!
+//! Tests of v2 and of the systemd driver read recorded trees in
+//! `testdata/` (written from the kernel's documented formats, as this
+//! project's machines run v1); v1 is also tested live.
+
+mod files;
+mod oom;
+mod path;
+mod stats;
+
+pub use files::IoDeviceStats;
+pub use oom::oom_killed;
+pub use path::{cgroup_dir, container_cgroups_path, pod_cgroup_dir, CgroupPathError};
+pub use stats::{CgroupStats, CpuStats, CpuThrottling, MemoryStats, PidsStats, SwapStats};
 
 use crate::config::CgroupDriverSetting;
 use std::path::{Path, PathBuf};
@@ -46,6 +67,12 @@ pub enum CgroupError {
         "cgroup driver systemd was configured, but systemd is not running (no /run/systemd/system)"
     )]
     NoSystemd,
+    #[error("cgroup {path} does not exist")]
+    Gone { path: PathBuf },
+    #[error("cannot parse {path}: {line:?}")]
+    Parse { path: PathBuf, line: String },
+    #[error(transparent)]
+    Path(#[from] CgroupPathError),
 }
 
 impl CgroupLayout {
@@ -100,6 +127,134 @@ impl CgroupLayout {
     pub fn is_unified(&self) -> bool {
         matches!(self, Self::Unified { .. })
     }
+
+    /// Reads which optional limits the host's controllers take.
+    pub fn resource_support(&self) -> Result<ResourceSupport, CgroupError> {
+        match self {
+            Self::Unified { mount } => {
+                // Swap accounting shows as `memory.swap.max` in any
+                // non-root cgroup with memory enabled: berthd's own.
+                let path = Path::new("/proc/self/cgroup");
+                let own = std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let own = own
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .unwrap_or("/")
+                    .trim_start_matches('/');
+                let controllers =
+                    std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+                Ok(ResourceSupport {
+                    swap_limit: mount.join(own).join("memory.swap.max").exists(),
+                    hugetlb: controllers.split_whitespace().any(|c| c == "hugetlb"),
+                })
+            }
+            Self::Legacy { hierarchies, .. } => {
+                let mount = |controller: &str| {
+                    hierarchies
+                        .iter()
+                        .find(|(_, cs)| cs.iter().any(|c| c == controller))
+                        .map(|(mount, _)| mount.as_path())
+                };
+                Ok(ResourceSupport {
+                    swap_limit: mount("memory")
+                        .is_some_and(|m| m.join("memory.memsw.limit_in_bytes").exists()),
+                    hugetlb: mount("hugetlb").is_some(),
+                })
+            }
+        }
+    }
+}
+
+/// Which optional limits a container's spec may set on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceSupport {
+    /// The memory controller accounts swap (`memory.memsw.*` on v1,
+    /// `memory.swap.max` on v2), so `memory.swap` may be set.
+    pub swap_limit: bool,
+    /// The hugetlb controller is available where containers' resources live.
+    pub hugetlb: bool,
+}
+
+/// One cgroup under a layout: its directory in each hierarchy. Resolving
+/// touches no file, so a handle can be made before the cgroup exists and
+/// kept after it is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    dirs: CgroupDirs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CgroupDirs {
+    /// v2: one directory holds every controller's files.
+    Unified(PathBuf),
+    /// v1: each hierarchy's controllers, and the cgroup's directory in it.
+    Legacy(Vec<(Vec<String>, PathBuf)>),
+}
+
+impl CgroupDirs {
+    /// The directory to name in errors.
+    fn first(&self) -> &Path {
+        match self {
+            Self::Unified(dir) => dir,
+            Self::Legacy(dirs) => dirs.first().map_or(Path::new(""), |(_, dir)| dir),
+        }
+    }
+}
+
+impl Cgroup {
+    /// The cgroup at `dir` (relative to each hierarchy's root, see
+    /// [`cgroup_dir`] and [`pod_cgroup_dir`]). berthd runs in the host's
+    /// cgroup namespace, where a hierarchy's mount point is its root.
+    pub fn new(layout: &CgroupLayout, dir: &Path) -> Self {
+        let dirs = match layout {
+            CgroupLayout::Unified { mount } => CgroupDirs::Unified(mount.join(dir)),
+            CgroupLayout::Legacy { hierarchies, .. } => CgroupDirs::Legacy(
+                hierarchies
+                    .iter()
+                    // A named hierarchy (`name=systemd`) has no counters.
+                    .filter(|(_, controllers)| !controllers.is_empty())
+                    .map(|(mount, controllers)| (controllers.clone(), mount.join(dir)))
+                    .collect(),
+            ),
+        };
+        Self { dirs }
+    }
+
+    /// The cgroup of a container, from its `linux.cgroupsPath` (either
+    /// driver's form).
+    pub fn of_container(layout: &CgroupLayout, cgroups_path: &str) -> Result<Self, CgroupError> {
+        Ok(Self::new(layout, &cgroup_dir(cgroups_path)?))
+    }
+
+    /// The directory holding `controller`'s files.
+    fn dir(&self, controller: &str) -> Option<&Path> {
+        match &self.dirs {
+            CgroupDirs::Unified(dir) => Some(dir),
+            CgroupDirs::Legacy(dirs) => dirs
+                .iter()
+                .find(|(controllers, _)| controllers.iter().any(|c| c == controller))
+                .map(|(_, dir)| dir.as_path()),
+        }
+    }
+
+    /// True when the cgroup exists (in any hierarchy, on v1).
+    fn exists(&self) -> bool {
+        match &self.dirs {
+            CgroupDirs::Unified(dir) => dir.is_dir(),
+            CgroupDirs::Legacy(dirs) => dirs.iter().any(|(_, dir)| dir.is_dir()),
+        }
+    }
+}
+
+/// A recorded tree of `testdata/`.
+#[cfg(test)]
+fn testdata(tree: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/cgroups/testdata")
+        .join(tree)
 }
 
 /// Chooses the driver: an explicit setting wins; `auto` picks systemd only
@@ -265,6 +420,40 @@ mod tests {
             panic!("expected legacy");
         };
         assert_eq!(hierarchies[0].0, PathBuf::from("/sys/fs/cgroup/with space"));
+    }
+
+    #[test]
+    fn resource_support_of_v1() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let memory = dir.path().join("memory");
+        std::fs::create_dir(&memory).expect("mkdir");
+        let layout = |hugetlb: bool| CgroupLayout::Legacy {
+            hierarchies: [
+                Some((memory.clone(), vec!["memory".to_owned()])),
+                hugetlb.then(|| (dir.path().join("hugetlb"), vec!["hugetlb".to_owned()])),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            unified: None,
+        };
+        let none = ResourceSupport {
+            swap_limit: false,
+            hugetlb: false,
+        };
+        assert_eq!(layout(false).resource_support().expect("support"), none);
+        std::fs::write(
+            memory.join("memory.memsw.limit_in_bytes"),
+            "9223372036854771712\n",
+        )
+        .expect("write");
+        assert_eq!(
+            layout(true).resource_support().expect("support"),
+            ResourceSupport {
+                swap_limit: true,
+                hugetlb: true
+            }
+        );
     }
 
     #[test]

@@ -16,11 +16,10 @@
 
 use super::record::ContainerState;
 use super::teardown;
-use crate::cgroups::CgroupLayout;
+use crate::cgroups::oom_killed;
 use crate::runtime::Runtime;
 use crate::store::StoreError;
 use containerd_shim_protos::api::WaitResponse;
-use std::path::Path;
 use std::sync::Arc;
 
 /// How a container's init ended.
@@ -194,39 +193,6 @@ pub async fn record(state: &Arc<Runtime>, id: &str, ending: Ending) -> Result<bo
     Ok(recorded.is_some())
 }
 
-/// True when the memory cgroup at `cgroup_path` (cgroupfs form) counts an
-/// OOM kill. With the systemd driver's `slice:prefix:name` paths berth
-/// does not look (and reports `Error`).
-pub fn oom_killed(layout: &CgroupLayout, cgroup_path: &str) -> bool {
-    if cgroup_path.contains(':') || cgroup_path.is_empty() {
-        return false;
-    }
-    let relative = cgroup_path.trim_start_matches('/');
-    let file = match layout {
-        CgroupLayout::Unified { mount } => mount.join(relative).join("memory.events"),
-        CgroupLayout::Legacy { hierarchies, .. } => {
-            let Some((mount, _)) = hierarchies
-                .iter()
-                .find(|(_, controllers)| controllers.iter().any(|c| c == "memory"))
-            else {
-                return false;
-            };
-            mount.join(relative).join("memory.oom_control")
-        }
-    };
-    oom_kills(&file) > 0
-}
-
-/// The `oom_kill` count of a `memory.events` or `memory.oom_control` file.
-fn oom_kills(file: &Path) -> u64 {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,33 +202,5 @@ mod tests {
         assert_eq!(reason(0, false), "Completed");
         assert_eq!(reason(1, false), "Error");
         assert_eq!(reason(137, true), "OOMKilled");
-    }
-
-    #[test]
-    fn oom_counts_are_read() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cgroup = dir.path().join("berth/c1");
-        std::fs::create_dir_all(&cgroup).expect("mkdir");
-        std::fs::write(
-            cgroup.join("memory.events"),
-            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
-        )
-        .expect("write");
-        let unified = CgroupLayout::Unified {
-            mount: dir.path().to_owned(),
-        };
-        assert!(oom_killed(&unified, "/berth/c1"));
-        assert!(!oom_killed(&unified, "/berth/other"));
-        assert!(!oom_killed(&unified, "system.slice:berth:c1"));
-        std::fs::write(
-            cgroup.join("memory.oom_control"),
-            "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
-        )
-        .expect("write");
-        let legacy = CgroupLayout::Legacy {
-            hierarchies: vec![(dir.path().to_owned(), vec!["memory".into()])],
-            unified: None,
-        };
-        assert!(!oom_killed(&legacy, "/berth/c1"));
     }
 }

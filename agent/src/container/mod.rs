@@ -11,47 +11,39 @@
 //! sandbox calls) use the two. Each container is run by its own shim
 //! (`crate::shim_client`), which outlives berthd.
 //!
-//! The spec: [`build_container_spec`] (`spec.rs`) is the one entry point;
-//! it takes a [`SpecInput`] that carries the CRI request plus everything
-//! berth already knows about the pod, the image and the host
-//! ([`HostFacts`], `host.rs`). The rules live beside it: `user.rs` resolves
-//! users and groups against the image's `/etc/passwd` and `/etc/group`,
-//! `capabilities.rs` the capability sets, `mounts.rs` the mount list,
-//! `devices.rs` device nodes and the device cgroup, `seccomp.rs` the
-//! seccomp profile (with berth's built-in default). Every failure is a
-//! [`SpecError`] that names the CRI field.
+//! The spec lives in `spec/`: [`build_container_spec`] (`spec/mod.rs`) is
+//! the one entry point; it takes a [`SpecInput`] that carries the CRI
+//! request plus everything berth already knows about the pod, the image and
+//! the host ([`HostFacts`], `spec/host.rs`). The rules live beside it in
+//! `spec/`: `user.rs` resolves users and groups against the image's
+//! `/etc/passwd` and `/etc/group`, `capabilities.rs` the capability sets,
+//! `mounts.rs` the mount list, `devices.rs` device nodes and the device
+//! cgroup, `seccomp.rs` the seccomp profile (with berth's built-in default).
+//! Every failure is a [`SpecError`] that names the CRI field.
 //!
 //! The semantics follow containerd's CRI plugin
 //! (`internal/cri/server/container_*.go`, `internal/cri/opts`), which is
 //! what critest and kubelet are tested against; where berth differs, the
 //! item says so.
 
-mod capabilities;
 pub mod create;
-mod devices;
 pub mod exec_sync;
 pub mod exit;
-mod host;
 pub mod image_volume;
 pub mod lifecycle;
 pub mod list;
-mod mounts;
 pub mod record;
 pub mod remove;
 pub mod reopen_log;
-mod seccomp;
 mod spec;
 pub mod start;
 pub mod status;
 pub mod stop;
 pub mod teardown;
 pub mod update;
-mod user;
 
-pub use host::HostFacts;
 pub use record::{ContainerError, ContainerRecord, ContainerState, Containers};
 pub use spec::{
-    build_container_spec, cgroups_path, ImageConfig, PodFiles, PodNamespaces, PodPidNamespace,
-    SpecError, SpecInput,
+    build_container_spec, HostFacts, ImageConfig, ImageUsers, PodFiles, PodNamespaces,
+    PodPidNamespace, SpecError, SpecInput,
 };
-pub use user::ImageUsers;

@@ -23,7 +23,7 @@
 //! ones. `ptrace` is allowed to everyone since kernel 4.8 closed the seccomp
 //! bypass; berth assumes a newer kernel.
 
-use super::spec::SpecError;
+use super::SpecError;
 use berth_proto::cri::v1 as cri;
 use oci_spec::runtime::{
     Arch, Capability, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,

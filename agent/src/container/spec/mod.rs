@@ -51,17 +51,23 @@
 //!   `io.kubernetes.cri.*` keys containerd sets, which win over annotations
 //!   of the same name.
 
-use super::host::HostFacts;
-use super::user::ImageUsers;
-use super::{capabilities, devices, mounts, seccomp, user};
-use crate::cgroups::CgroupDriver;
+mod capabilities;
+mod devices;
+mod host;
+mod mounts;
+mod seccomp;
+mod user;
+
+use crate::cgroups::{self, CgroupDriver, CgroupPathError};
 use berth_proto::cri::v1 as cri;
+pub use host::HostFacts;
 use oci_spec::runtime::{
     Capabilities, Capability, Linux, LinuxCapabilities, LinuxCpu, LinuxHugepageLimit, LinuxMemory,
     LinuxNamespace, LinuxNamespaceType, LinuxResources, Process, Root, Spec, User,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+pub use user::ImageUsers;
 
 /// The OCI runtime spec version berth writes (that of runc 1.1).
 const OCI_VERSION: &str = "1.0.2-dev";
@@ -222,13 +228,18 @@ pub enum SpecError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("linux.cgroup_parent: {0}")]
+    CgroupParent(#[from] CgroupPathError),
+    /// The host's cgroups could not be read (not the client's fault).
+    #[error("cannot read the host's cgroups: {0}")]
+    HostCgroups(#[source] cgroups::CgroupError),
 }
 
 impl SpecError {
     /// True when the request itself is at fault, so the CRI answer is
     /// `InvalidArgument`; false for host failures (`Internal`).
     pub fn is_invalid_argument(&self) -> bool {
-        !matches!(self, Self::Host { .. })
+        !matches!(self, Self::Host { .. } | Self::HostCgroups(_))
     }
 
     /// The class of this error.
@@ -340,7 +351,7 @@ pub fn build_container_spec(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .set_gid_mappings(None)
         .set_sysctl((!sysctls.is_empty()).then_some(sysctls))
         .set_resources(Some(linux_resources(resources, devices.rules, input.host)))
-        .set_cgroups_path(Some(PathBuf::from(cgroups_path(
+        .set_cgroups_path(Some(PathBuf::from(cgroups::container_cgroups_path(
             pod_linux.map(|l| l.cgroup_parent.as_str()).unwrap_or(""),
             input.container_id,
             input.cgroup_driver,
@@ -364,41 +375,6 @@ pub fn build_container_spec(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .set_annotations(Some(annotations(input)))
         .set_linux(Some(linux));
     Ok(spec)
-}
-
-/// The `linux.cgroupsPath` of a container: `/<parent>/<id>` for cgroupfs
-/// (`/berth/<id>` without a parent, as containerd uses its namespace), and
-/// runc's `slice:prefix:name` form, `<parent-slice>:berth:<id>`, for
-/// systemd.
-pub fn cgroups_path(parent: &str, id: &str, driver: CgroupDriver) -> Result<String, SpecError> {
-    match driver {
-        CgroupDriver::Cgroupfs => {
-            let parent = parent.trim_matches('/');
-            if parent.is_empty() {
-                Ok(format!("/berth/{id}"))
-            } else {
-                Ok(format!("/{parent}/{id}"))
-            }
-        }
-        CgroupDriver::Systemd => {
-            // For a/b.slice/c.slice the slice is the last part (runc expands it).
-            let slice = parent
-                .trim_end_matches('/')
-                .rsplit('/')
-                .next()
-                .unwrap_or("");
-            if slice.is_empty() {
-                Ok(format!("system.slice:berth:{id}"))
-            } else if slice.ends_with(".slice") {
-                Ok(format!("{slice}:berth:{id}"))
-            } else {
-                Err(SpecError::invalid(
-                    "linux.cgroup_parent",
-                    format!("{parent:?} is not a systemd slice (the cgroup driver is systemd)"),
-                ))
-            }
-        }
-    }
 }
 
 /// The process's argv, by kubelet's rules.
@@ -691,7 +667,6 @@ fn annotations(input: &SpecInput<'_>) -> HashMap<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::capabilities;
     use super::*;
     use oci_spec::runtime::{LinuxSeccompAction, Mount};
 
@@ -1509,25 +1484,8 @@ mod tests {
     }
 
     #[test]
-    fn cgroups_path_table() {
-        use CgroupDriver::{Cgroupfs, Systemd};
-        let cases: Vec<(&str, CgroupDriver, Result<&str, &str>)> = vec![
-            ("/kubepods/besteffort/pod1", Cgroupfs, Ok("/kubepods/besteffort/pod1/c1")),
-            ("kubepods/", Cgroupfs, Ok("/kubepods/c1")),
-            ("", Cgroupfs, Ok("/berth/c1")),
-            ("/test.slice", Systemd, Ok("test.slice:berth:c1")),
-            ("kubepods.slice/kubepods-pod1.slice", Systemd, Ok("kubepods-pod1.slice:berth:c1")),
-            ("", Systemd, Ok("system.slice:berth:c1")),
-            ("/kubepods", Systemd, Err("linux.cgroup_parent: \"/kubepods\" is not a systemd slice (the cgroup driver is systemd)")),
-        ];
-        for (parent, driver, want) in cases {
-            let got = cgroups_path(parent, "c1", driver).map_err(|e| e.to_string());
-            assert_eq!(
-                got,
-                want.map(str::to_owned).map_err(str::to_owned),
-                "{parent} {driver:?}"
-            );
-        }
+    fn cgroups_path_follows_the_driver() {
+        use CgroupDriver::Systemd;
         let mut f = Fixture::new();
         f.driver = Systemd;
         f.sandbox.linux = Some(cri::LinuxPodSandboxConfig {
@@ -1537,6 +1495,16 @@ mod tests {
         assert_eq!(
             linux(&f.spec()).cgroups_path().as_deref(),
             Some(Path::new("test.slice:berth:c0ffee"))
+        );
+        f.sandbox.linux = Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: "/kubepods".into(),
+            ..Default::default()
+        });
+        let err = f.build().expect_err("not a slice");
+        assert!(err.is_invalid_argument());
+        assert_eq!(
+            err.to_string(),
+            "linux.cgroup_parent: \"/kubepods\" is not a systemd slice (the cgroup driver is systemd)"
         );
     }
 

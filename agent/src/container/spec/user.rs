@@ -19,7 +19,7 @@
 //! `+`/`-` lines and lines whose ids are not numbers are skipped (a garbled
 //! uid must not become root).
 
-use super::spec::SpecError;
+use super::SpecError;
 use berth_proto::cri::v1 as cri;
 use std::io::Read;
 use std::os::fd::OwnedFd;

@@ -17,7 +17,7 @@
 //!
 //! [`HostFacts`]: super::HostFacts
 
-use super::spec::SpecError;
+use super::SpecError;
 use berth_proto::cri::v1 as cri;
 use oci_spec::runtime::Capability;
 use std::str::FromStr;

@@ -9,7 +9,7 @@
 //! privileged container also gets every device of the host's `/dev` (not
 //! `pts`, `shm`, `mqueue`, `fd`, nor `console`) and may use all devices.
 
-use super::spec::SpecError;
+use super::SpecError;
 use berth_proto::cri::v1 as cri;
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

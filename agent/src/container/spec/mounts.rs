@@ -26,7 +26,7 @@
 //! mounts its target.
 
 use super::host::{self, MountinfoEntry};
-use super::spec::{PodFiles, SpecError};
+use super::{PodFiles, SpecError};
 use berth_proto::cri::v1 as cri;
 use oci_spec::runtime::Mount;
 use std::collections::BTreeMap;

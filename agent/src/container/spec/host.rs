@@ -1,7 +1,7 @@
 //! Facts about the host that shape a container's spec.
 
 use super::capabilities;
-use super::spec::SpecError;
+use super::SpecError;
 use crate::cgroups::CgroupLayout;
 use oci_spec::runtime::Capability;
 use std::path::{Path, PathBuf};
@@ -63,34 +63,8 @@ impl HostFacts {
             .trim()
             .parse()
             .map_err(|_| invalid("/proc/self/oom_score_adj", "not a number"))?;
-        let (swap_limit, hugetlb) = match layout {
-            CgroupLayout::Unified { mount } => {
-                let own = read("/proc/self/cgroup")?;
-                let own = own
-                    .lines()
-                    .find_map(|l| l.strip_prefix("0::"))
-                    .unwrap_or("/")
-                    .trim_start_matches('/');
-                let controllers =
-                    std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
-                (
-                    mount.join(own).join("memory.swap.max").exists(),
-                    controllers.split_whitespace().any(|c| c == "hugetlb"),
-                )
-            }
-            CgroupLayout::Legacy { hierarchies, .. } => {
-                let with = |controller: &str| {
-                    hierarchies
-                        .iter()
-                        .find(|(_, cs)| cs.iter().any(|c| c == controller))
-                        .map(|(mount, _)| mount.as_path())
-                };
-                (
-                    with("memory").is_some_and(|m| m.join("memory.memsw.limit_in_bytes").exists()),
-                    with("hugetlb").is_some(),
-                )
-            }
-        };
+        let support = layout.resource_support().map_err(SpecError::HostCgroups)?;
+        let (swap_limit, hugetlb) = (support.swap_limit, support.hugetlb);
         Ok(Self {
             hostname,
             capabilities: capabilities::from_bitmap(cap_eff),
