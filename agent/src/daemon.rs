@@ -15,7 +15,6 @@ use crate::{Error, Result};
 use berth_proto::cri::v1::image_service_server::ImageServiceServer;
 use berth_proto::cri::v1::runtime_service_server::RuntimeServiceServer;
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -25,8 +24,9 @@ pub const METRICS_ADDRESS_FILE: &str = "metrics-address";
 
 /// Runs berthd until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-    create_private_dir(&config.root, 0o700)?;
-    create_private_dir(&config.state, 0o711)?;
+    for dir in [&config.root, &config.state] {
+        create_private_dir(dir)?;
+    }
     let store = Store::open(&config.root)?;
     let sandboxes = crate::sandbox::Sandboxes::load(&store)?;
     let containers = crate::container::Containers::load(
@@ -134,16 +134,33 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     served.map_err(Error::from)
 }
 
-/// Creates `path` with `mode` when it does not exist; an existing directory
-/// keeps its owner's choice of mode.
-fn create_private_dir(path: &Path, mode: u32) -> Result<()> {
-    let error = |source| Error::CreateDir {
+/// Creates `path` owner-only, or tightens it to 0700 when it exists
+/// looser: everything of every container lives under the root and state
+/// dirs (see [`berth_snapshotter::owner_only`]).
+fn create_private_dir(path: &Path) -> Result<()> {
+    berth_snapshotter::owner_only::create_dir_all(path).map_err(|source| Error::CreateDir {
         path: path.to_owned(),
         source,
-    };
-    if path.is_dir() {
-        return Ok(());
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_and_state_dirs_are_made_owner_only() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fresh = tmp.path().join("var/lib/berth");
+        create_private_dir(&fresh).expect("create");
+        let loose = tmp.path().join("run-berth");
+        std::fs::create_dir(&loose).expect("mkdir");
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+        create_private_dir(&loose).expect("tighten");
+        for dir in [&fresh, &loose] {
+            let mode = std::fs::metadata(dir).expect("stat").mode() & 0o7777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+        }
     }
-    std::fs::create_dir_all(path).map_err(error)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(error)
 }
