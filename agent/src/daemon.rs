@@ -5,6 +5,7 @@
 //! clear error and nothing half-started. Shutdown stops accepting calls,
 //! lets in-flight calls finish, then removes the socket.
 
+use crate::accept::UnixIncoming;
 use crate::cgroups::{choose_driver, systemd_running, CgroupLayout};
 use crate::config::Config;
 use crate::metrics::{CriMetricsLayer, Metrics};
@@ -17,13 +18,13 @@ use berth_proto::cri::v1::runtime_service_server::RuntimeServiceServer;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use tokio_stream::wrappers::UnixListenerStream;
 
 /// The file in the state dir that names the bound metrics address.
 pub const METRICS_ADDRESS_FILE: &str = "metrics-address";
 
 /// Runs berthd until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    raise_file_limit();
     for dir in [&config.root, &config.state] {
         create_private_dir(dir)?;
     }
@@ -112,7 +113,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
                 .max_decoding_message_size(max_message_size)
                 .max_encoding_message_size(max_message_size),
         )
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), {
+        .serve_with_incoming_shutdown(UnixIncoming::new(listener, "CRI socket"), {
             let state = state.clone();
             async move {
                 shutdown.await;
@@ -144,9 +145,38 @@ fn create_private_dir(path: &Path) -> Result<()> {
     })
 }
 
+/// Raises the soft limit of open files to the hard one. berthd holds a few
+/// descriptors per container and per connection; systemd's default soft
+/// limit (1024) lets a local user's idle connections fill the table and
+/// cut berthd off its own CRI socket.
+fn raise_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+    #[test]
+    fn the_soft_file_limit_is_raised_to_the_hard_one() {
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        // Just below the hard limit: other tests of this process go on.
+        let low = hard.saturating_sub(1);
+        setrlimit(Resource::RLIMIT_NOFILE, low, hard).expect("lower the soft limit");
+        raise_file_limit();
+        let raised = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        setrlimit(Resource::RLIMIT_NOFILE, soft, hard).expect("restore");
+        assert_eq!(raised, (hard, hard));
+    }
 
     #[test]
     fn root_and_state_dirs_are_made_owner_only() {

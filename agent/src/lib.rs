@@ -3,7 +3,8 @@
 //!
 //! Layout: [`config`] reads the TOML file; [`daemon::run`] opens the
 //! [`store`], binds the CRI [`socket`] and the [`metrics`] endpoint and
-//! serves the CRI services of [`server`] until shutdown. [`cgroups`] detects
+//! serves the CRI services of [`server`] until shutdown, every listener
+//! behind the [`accept`] backoff. [`cgroups`] detects
 //! the cgroup layout and driver, [`network`] pinned namespaces and CNI,
 //! [`sandbox`] pod sandboxes, [`container`] containers and the CRI to OCI
 //! spec translation, [`shim_client`] their shims, [`recovery`] what
@@ -11,6 +12,7 @@
 //! are [`Error`], mapped to gRPC codes in one place (`error.rs`).
 #![deny(unsafe_code)]
 
+pub mod accept;
 pub mod binaries;
 pub mod cgroups;
 pub mod config;
