@@ -5,6 +5,7 @@
 //! clear error and nothing half-started. Shutdown stops accepting calls,
 //! lets in-flight calls finish, then removes the socket.
 
+use crate::accept::UnixIncoming;
 use crate::config::Config;
 use crate::metrics::{CriMetricsLayer, Metrics};
 use crate::runtime::Runtime;
@@ -14,18 +15,18 @@ use crate::{Error, Result};
 use berth_proto::cri::v1::image_service_server::ImageServiceServer;
 use berth_proto::cri::v1::runtime_service_server::RuntimeServiceServer;
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use tokio_stream::wrappers::UnixListenerStream;
 
 /// The file in the state dir that names the bound metrics address.
 pub const METRICS_ADDRESS_FILE: &str = "metrics-address";
 
 /// Runs berthd until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-    create_private_dir(&config.root, 0o700)?;
-    create_private_dir(&config.state, 0o711)?;
+    raise_file_limit();
+    for dir in [&config.root, &config.state] {
+        create_private_dir(dir)?;
+    }
     let runtime = Runtime::open(config).await?;
     let config = &runtime.config;
     let mut socket = CriSocket::bind(&config.socket_path())?;
@@ -83,7 +84,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
                 .max_decoding_message_size(max_message_size)
                 .max_encoding_message_size(max_message_size),
         )
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), {
+        .serve_with_incoming_shutdown(UnixIncoming::new(listener, "CRI socket"), {
             let state = state.clone();
             async move {
                 shutdown.await;
@@ -105,16 +106,62 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     served.map_err(Error::from)
 }
 
-/// Creates `path` with `mode` when it does not exist; an existing directory
-/// keeps its owner's choice of mode.
-fn create_private_dir(path: &Path, mode: u32) -> Result<()> {
-    let error = |source| Error::CreateDir {
+/// Creates `path` owner-only, or tightens it to 0700 when it exists
+/// looser: everything of every container lives under the root and state
+/// dirs (see [`berth_snapshotter::owner_only`]).
+fn create_private_dir(path: &Path) -> Result<()> {
+    berth_snapshotter::owner_only::create_dir_all(path).map_err(|source| Error::CreateDir {
         path: path.to_owned(),
         source,
-    };
-    if path.is_dir() {
-        return Ok(());
+    })
+}
+
+/// Raises the soft limit of open files to the hard one. berthd holds a few
+/// descriptors per container and per connection; systemd's default soft
+/// limit (1024) lets a local user's idle connections fill the table and
+/// cut berthd off its own CRI socket.
+fn raise_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
     }
-    std::fs::create_dir_all(path).map_err(error)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+    #[test]
+    fn the_soft_file_limit_is_raised_to_the_hard_one() {
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        // Just below the hard limit: other tests of this process go on.
+        let low = hard.saturating_sub(1);
+        setrlimit(Resource::RLIMIT_NOFILE, low, hard).expect("lower the soft limit");
+        raise_file_limit();
+        let raised = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        setrlimit(Resource::RLIMIT_NOFILE, soft, hard).expect("restore");
+        assert_eq!(raised, (hard, hard));
+    }
+
+    #[test]
+    fn root_and_state_dirs_are_made_owner_only() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fresh = tmp.path().join("var/lib/berth");
+        create_private_dir(&fresh).expect("create");
+        let loose = tmp.path().join("run-berth");
+        std::fs::create_dir(&loose).expect("mkdir");
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+        create_private_dir(&loose).expect("tighten");
+        for dir in [&fresh, &loose] {
+            let mode = std::fs::metadata(dir).expect("stat").mode() & 0o7777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+        }
+    }
 }

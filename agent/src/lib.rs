@@ -3,9 +3,10 @@
 //!
 //! Layout: [`config`] reads the TOML file; [`daemon::run`] opens the
 //! [`runtime`] (the [`store`], cgroups, images, sandboxes and containers),
-//! binds the CRI [`socket`] and the [`metrics`] endpoint and serves the CRI
-//! services of [`server`] until shutdown; `server` only converts requests
-//! and calls into the runtime. [`cgroups`] detects
+//! binds the CRI [`socket`] and the [`metrics`] endpoint, every listener
+//! behind the [`accept`] backoff, and serves the CRI services of [`server`]
+//! until shutdown; `server` only converts requests and calls into the
+//! runtime. [`cgroups`] detects
 //! the cgroup layout and driver, [`network`] pinned namespaces and CNI,
 //! [`sandbox`] pod sandboxes, [`container`] containers and the CRI to OCI
 //! spec translation, [`shim_client`] their shims, [`recovery`] what
@@ -13,6 +14,7 @@
 //! are [`Error`], mapped to gRPC codes in one place (`error.rs`).
 #![deny(unsafe_code)]
 
+pub mod accept;
 pub mod binaries;
 pub mod cgroups;
 pub mod config;

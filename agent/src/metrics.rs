@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 /// berth's metrics and the registry that exports them.
@@ -296,6 +296,18 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
 }
 
+/// The most connections served at once; one more is closed at accept. A
+/// scraper needs one; the cap keeps any local user from filling berthd's
+/// file table through this port.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a connection may take to send a request's headers, and how
+/// long it may stay idle between requests (hyper's timer runs whenever it
+/// waits for a request head).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a connection is served, whatever it does (a client that
+/// never reads its response).
+pub const MAX_CONNECTION_TIME: Duration = Duration::from_secs(60);
+
 /// Serves `/metrics` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
@@ -303,32 +315,52 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     use hyper::service::service_fn;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::{TokioIo, TokioTimer};
 
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = crate::accept::AcceptBackoff::new("metrics endpoint");
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let accepted = tokio::select! {
             _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics endpoint: accept failed");
-                    continue;
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff.succeeded();
+                stream
+            }
+            Err(e) => {
+                let delay = backoff.failed(&e);
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tokio::time::sleep(delay) => continue,
                 }
-            },
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Closed at once: the descriptor is back before the next accept.
+            tracing::debug!(
+                "metrics endpoint: {MAX_CONNECTIONS} connections open; closing one more"
+            );
+            drop(stream);
+            continue;
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 async move { Ok::<_, std::convert::Infallible>(metrics_response(&request, &metrics)) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "metrics connection ended");
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(MAX_CONNECTION_TIME, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection ended"),
+                Err(_) => tracing::debug!("metrics connection served too long; closed"),
             }
         });
     }

@@ -81,6 +81,9 @@ pub struct BerthdOptions {
     pub extra_config: String,
     /// Put the root on a tmpfs of this many MiB, to run out of disk.
     pub root_size_mib: Option<u64>,
+    /// Start berthd with these (soft, hard) limits of open files, as
+    /// systemd's defaults would (`prlimit --nofile`).
+    pub open_files_limit: Option<(u64, u64)>,
 }
 
 /// A running berthd on a private root, state dir and socket.
@@ -91,6 +94,7 @@ pub struct Berthd {
     netns_before: Vec<String>,
     /// The root is a tmpfs the harness mounted (and unmounts).
     root_mounted: bool,
+    open_files_limit: Option<(u64, u64)>,
 }
 
 impl Berthd {
@@ -131,6 +135,7 @@ impl Berthd {
             dir,
             netns_before: leaks::network_namespaces(),
             root_mounted: false,
+            open_files_limit: options.open_files_limit,
         };
         if let Some(mib) = options.root_size_mib {
             let root = berthd.root_dir();
@@ -160,7 +165,19 @@ impl Berthd {
             .append(true)
             .open(self.dir.path().join("berthd.log"))
             .map_err(|e| e.to_string())?;
-        let child = Command::new(berthd_binary())
+        // prlimit sets the limits and execs berthd: the PID stays the same.
+        let mut command = match self.open_files_limit {
+            Some((soft, hard)) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit
+                    .arg(format!("--nofile={soft}:{hard}"))
+                    .arg("--")
+                    .arg(berthd_binary());
+                prlimit
+            }
+            None => Command::new(berthd_binary()),
+        };
+        let child = command
             .arg("--config")
             .arg(self.config_path())
             .stdin(Stdio::null())

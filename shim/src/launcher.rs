@@ -18,9 +18,9 @@
 //! one, pid 0 and status 137 = 128 + SIGKILL, as containerd's runc shim).
 //! It refuses while the shim still answers: then use the task API.
 
+use berth_snapshotter::owner_only;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -51,11 +51,7 @@ pub fn start(flags: &Flags) -> Result<Vec<u8>> {
     let address = socket_address(flags);
     let path = socket_path(&address);
     if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(dir)
-            .map_err(|e| Error::io(dir, e))?;
+        owner_only::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     if path.exists() {
         if UnixStream::connect(&path).is_ok() {
@@ -70,11 +66,11 @@ pub fn start(flags: &Flags) -> Result<Vec<u8>> {
         source,
     })?;
     let log_path = bundle.join(bundle::SHIM_LOG);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| Error::io(&log_path, e))?;
+    let log = owner_only::open(
+        owner_only::open_options().create(true).append(true),
+        &log_path,
+    )
+    .map_err(|e| Error::io(&log_path, e))?;
     let mut cmd = Command::new(&exe);
     cmd.args(["-namespace", &flags.namespace, "-id", &flags.id])
         .args(["-address", &flags.address, "-socket", &address])
@@ -120,7 +116,7 @@ pub fn start(flags: &Flags) -> Result<Vec<u8>> {
 
 fn finish(bundle: &Path, address: &str) -> Result<Vec<u8>> {
     let path = bundle.join(bundle::ADDRESS);
-    std::fs::write(&path, address).map_err(|e| Error::io(&path, e))?;
+    owner_only::write(&path, address.as_bytes()).map_err(|e| Error::io(&path, e))?;
     let reply = serde_json::json!({
         "version": TASK_API_VERSION,
         "address": address,

@@ -9,7 +9,9 @@
 //! and removes directory trees without following symlinks; `usage.rs`
 //! measures [`Usage`] and [`FsUsage`]; `gc.rs` collects unreferenced
 //! snapshots ([`Snapshotter::gc`]); `recovery.rs` sweeps what a crash left
-//! behind; `error.rs` has [`Error`].
+//! behind; `error.rs` has [`Error`]; [`owner_only`] makes the 0700
+//! directories and 0600 files that berth keeps about containers, here and
+//! in the crates that link this one.
 //!
 //! # Model
 //!
@@ -77,6 +79,7 @@ mod gc;
 mod metadata;
 mod mount;
 mod overlay;
+pub mod owner_only;
 mod recovery;
 mod tree;
 mod usage;
@@ -187,11 +190,7 @@ impl Snapshotter {
         overlay::check_root(root)?;
         let snapshots = root.join("snapshots");
         for dir in [root, snapshots.as_path()] {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| Error::io("create directory", dir, e))?;
+            owner_only::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
         }
         let meta = Metadata::open(&root.join("metadata.redb"))?;
         overlay::check_dtype(root, "snapshots")?;
@@ -571,9 +570,10 @@ impl Snapshotter {
             name,
         };
         for (dir, mode) in [
-            (staged.path.clone(), 0o700),
+            (staged.path.clone(), owner_only::DIR_MODE),
+            // The container's `/` until a layer sets its own mode.
             (staged.path.join("fs"), 0o755),
-            (staged.path.join("work"), 0o711),
+            (staged.path.join("work"), owner_only::DIR_MODE),
         ] {
             DirBuilder::new()
                 .mode(mode)

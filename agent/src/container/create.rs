@@ -29,8 +29,8 @@ use crate::sandbox::{files, now_nanos, random_id, SandboxError, SandboxRecord, S
 use crate::shim_client::{self, ShimClient};
 use crate::{Error, Result};
 use berth_proto::cri::v1 as cri;
+use berth_snapshotter::owner_only;
 use containerd_shim_protos::api::CreateTaskRequest;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -341,19 +341,15 @@ fn prepare_bundle(
     target_pid: Option<PathBuf>,
 ) -> Result<Prepared> {
     let bundle = &record.bundle;
+    // Owner-only up the path: runc enters the bundle as root, and nobody
+    // else may reach the rootfs mount point (a setuid binary the container
+    // wrote would be root for them) or read the spec.
     if let Some(parent_dir) = bundle.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(parent_dir)
-            .map_err(|e| ContainerError::io(parent_dir, e))?;
+        owner_only::create_dir_all(parent_dir).map_err(|e| ContainerError::io(parent_dir, e))?;
     }
-    std::fs::DirBuilder::new()
-        .mode(0o711)
-        .create(bundle)
-        .map_err(|e| ContainerError::io(bundle, e))?;
+    owner_only::create_dir(bundle).map_err(|e| ContainerError::io(bundle, e))?;
     let rootfs = bundle.join("rootfs");
-    std::fs::create_dir(&rootfs).map_err(|e| ContainerError::io(&rootfs, e))?;
+    owner_only::create_dir(&rootfs).map_err(|e| ContainerError::io(&rootfs, e))?;
 
     let snapshotter = state.images.snapshotter();
     let mounts = snapshotter
@@ -416,7 +412,8 @@ fn prepare_bundle(
         .unwrap_or_default();
     let json = serde_json::to_vec(&spec).expect("an OCI spec always serialises");
     let config_path = bundle.join("config.json");
-    files::write_atomic(&config_path, &json).map_err(|e| match e {
+    // The spec holds the environment, secrets included: owner-only.
+    files::write_atomic(&config_path, &json, owner_only::FILE_MODE).map_err(|e| match e {
         files::FilesError::Write { path, source } => ContainerError::Io { path, source },
         other => ContainerError::io(&config_path, std::io::Error::other(other.to_string())),
     })?;

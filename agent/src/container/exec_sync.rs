@@ -192,7 +192,8 @@ struct ExecIo {
 
 impl ExecIo {
     fn new(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| ContainerError::io(dir, e))?;
+        berth_snapshotter::owner_only::create_dir_all(dir)
+            .map_err(|e| ContainerError::io(dir, e))?;
         let mut io = Self {
             dir: dir.to_owned(),
             stdout: dir.join("stdout"),

@@ -109,8 +109,14 @@ pub fn resolv_conf(dns: Option<&cri::DnsConfig>) -> Result<Option<String>, Files
     Ok(Some(text))
 }
 
-/// Writes `contents` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), FilesError> {
+/// The mode of the pod's hostname, hosts and resolv.conf: the container's
+/// user, whoever it is, reads them through their bind mounts.
+const POD_FILE_MODE: u32 = 0o644;
+
+/// Writes `contents` to `path` through a temporary file and a rename; the
+/// file gets exactly `mode`.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FilesError> {
+    use std::os::unix::fs::PermissionsExt;
     let error = |source| FilesError::Write {
         path: path.to_owned(),
         source,
@@ -119,14 +125,11 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), FilesError> {
     let mut file = tempfile::NamedTempFile::new_in(dir).map_err(error)?;
     file.write_all(contents).map_err(error)?;
     file.as_file().sync_all().map_err(error)?;
-    set_mode_644(file.path()).map_err(error)?;
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(error)?;
     file.persist(path).map_err(|e| error(e.error))?;
     Ok(())
-}
-
-fn set_mode_644(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
 }
 
 /// Writes the pod's hostname, hosts and resolv.conf files.
@@ -136,19 +139,23 @@ pub fn write_pod_files(
     host_network: bool,
     dns: Option<&cri::DnsConfig>,
 ) -> Result<(), FilesError> {
-    write_atomic(&paths.hostname, format!("{hostname}\n").as_bytes())?;
+    write_atomic(
+        &paths.hostname,
+        format!("{hostname}\n").as_bytes(),
+        POD_FILE_MODE,
+    )?;
     // A host-network pod sees the host's names, as with containerd.
     let hosts = if host_network {
         read_host(Path::new("/etc/hosts"))?
     } else {
         hosts_file()
     };
-    write_atomic(&paths.hosts, hosts.as_bytes())?;
+    write_atomic(&paths.hosts, hosts.as_bytes(), POD_FILE_MODE)?;
     let resolv = match resolv_conf(dns)? {
         Some(text) => text,
         None => read_host(Path::new("/etc/resolv.conf"))?,
     };
-    write_atomic(&paths.resolv_conf, resolv.as_bytes())
+    write_atomic(&paths.resolv_conf, resolv.as_bytes(), POD_FILE_MODE)
 }
 
 fn read_host(path: &Path) -> Result<String, FilesError> {

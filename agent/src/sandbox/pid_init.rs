@@ -43,8 +43,14 @@ pub async fn start(dir: &Path, pidns: &Path) -> Result<u32, SandboxError> {
     };
     // The init inherits stderr: a file, never a pipe berthd would wait on.
     let log_path = dir.join(LOG_FILE);
-    let log = std::fs::File::create(&log_path)
-        .map_err(io_failed(format!("cannot create {}", log_path.display())))?;
+    let log = berth_snapshotter::owner_only::open(
+        berth_snapshotter::owner_only::open_options()
+            .write(true)
+            .create(true)
+            .truncate(true),
+        &log_path,
+    )
+    .map_err(io_failed(format!("cannot create {}", log_path.display())))?;
     let output = tokio::process::Command::new(&binary)
         .arg("start")
         .arg(dir.join(PID_FILE))

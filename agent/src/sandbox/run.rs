@@ -23,7 +23,7 @@ use crate::runtime::Runtime;
 use crate::sandbox::files;
 use crate::{Error, Result};
 use berth_proto::cri::v1 as cri;
-use std::os::unix::fs::DirBuilderExt;
+use berth_snapshotter::owner_only;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -248,23 +248,18 @@ async fn make(
 /// hostname, sysctls, files and `/dev/shm`.
 fn make_local(record: &SandboxRecord) -> Result<(), SandboxError> {
     let dir = &record.dir;
+    // Owner-only: containers see the pod's files through bind mounts that
+    // runc makes as root, so no other user needs a way in.
     if let Some(parent) = dir.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(parent)
-            .map_err(|source| SandboxError::CreateDir {
-                path: parent.to_owned(),
-                source,
-            })?;
-    }
-    std::fs::DirBuilder::new()
-        .mode(0o711)
-        .create(dir)
-        .map_err(|source| SandboxError::CreateDir {
-            path: dir.clone(),
+        owner_only::create_dir_all(parent).map_err(|source| SandboxError::CreateDir {
+            path: parent.to_owned(),
             source,
         })?;
+    }
+    owner_only::create_dir(dir).map_err(|source| SandboxError::CreateDir {
+        path: dir.clone(),
+        source,
+    })?;
     let ns = &record.namespaces;
     for (kind, path) in [
         (NamespaceKind::Network, &ns.net),

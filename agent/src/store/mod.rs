@@ -55,6 +55,11 @@ pub enum StoreError {
         found: u32,
         supported: u32,
     },
+    #[error("cannot make metadata store {path} owner-only: {source}")]
+    OwnerOnly {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("metadata store {path}: {source}")]
     Io {
         path: PathBuf,
@@ -111,9 +116,11 @@ pub struct Store {
 impl Store {
     /// Opens the store under `root`, creating it when absent.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(root).map_err(|source| StoreError::CreateDir {
-            path: root.to_owned(),
-            source,
+        berth_snapshotter::owner_only::create_dir_all(root).map_err(|source| {
+            StoreError::CreateDir {
+                path: root.to_owned(),
+                source,
+            }
         })?;
         let path = root.join("metadata.redb");
         let db = if path.exists() {
@@ -123,6 +130,17 @@ impl Store {
         } else {
             Database::create(&path).map_err(|e| open_error(&path, e))?
         };
+        // The records hold each container's config, environment included.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::Permissions::from_mode(berth_snapshotter::owner_only::FILE_MODE);
+            std::fs::set_permissions(&path, mode).map_err(|source| {
+                StoreError::OwnerOnly {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
         let store = Self { db, path };
         store.check_schema()?;
         Ok(store)

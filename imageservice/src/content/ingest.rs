@@ -8,7 +8,9 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use super::{io_err, sync_dir, ContentError, Info, Inner, Result, Store};
+use berth_snapshotter::owner_only;
+
+use super::{blocking, io_err, sync_dir, ContentError, Info, Inner, Result, Store};
 use crate::digest::{Digest, Hasher};
 
 /// The outcome of [`Store::writer`].
@@ -88,9 +90,11 @@ impl Writer {
         self.file.flush().await.map_err(io_err("write", &temp))?;
         self.file.sync_all().await.map_err(io_err("sync", &temp))?;
         let dir = self.store.algorithm_dir(self.digest.algorithm());
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(io_err("create", &dir))?;
+        {
+            let dir = dir.clone();
+            blocking(move || owner_only::create_dir_all(&dir).map_err(io_err("create", &dir)))
+                .await?;
+        }
         let target = self.store.blob_path(&self.digest);
         tokio::fs::rename(&temp, &target)
             .await
@@ -183,6 +187,7 @@ pub(super) async fn begin(store: &Store, digest: &Digest, size: u64) -> Result<I
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(owner_only::FILE_MODE)
             .open(&path)
             .await
             .map_err(io_err("create", &path))?;

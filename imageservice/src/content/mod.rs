@@ -29,6 +29,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use crate::digest::{Algorithm, Digest};
+use berth_snapshotter::owner_only;
 
 pub use ingest::Ingest;
 
@@ -117,8 +118,9 @@ impl Store {
         let root = root.into();
         let dirs = root.clone();
         blocking(move || {
-            for dir in [dirs.join("blobs"), dirs.join("ingest")] {
-                std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+            // Owner-only: a hostile image's blobs are nobody else's business.
+            for dir in [dirs.clone(), dirs.join("blobs"), dirs.join("ingest")] {
+                owner_only::create_dir_all(&dir).map_err(io_err("create", &dir))?;
             }
             let ingest = dirs.join("ingest");
             for entry in std::fs::read_dir(&ingest).map_err(io_err("read", &ingest))? {

@@ -213,7 +213,7 @@ impl Init {
 }
 
 async fn mount_all(req: &CreateTaskRequest, rootfs: &Path) -> Result<()> {
-    match std::fs::create_dir(rootfs) {
+    match berth_snapshotter::owner_only::create_dir(rootfs) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(Error::io(rootfs, e)),
