@@ -29,16 +29,34 @@ CRI_TOOLS_VERSION=v1.37.0
 BINDIR=${BINDIR:-/usr/local/bin}
 STAMP_DIR=${STAMP_DIR:-/usr/local/lib/berth}
 
-# Debian packages.  busybox-static gives the shim's tests a static
-# /bin/busybox for their bundles.  busybox itself is not installed:
-# testimages/build-and-push.sh fetches it with `apt-get download busybox`
-# (installing it would conflict with busybox-static),
-# so the apt lists must know it; dpkg-deb, ldd (libc-bin) are essential.
+# Debian packages, each with what needs it.  Checked against
+# `apt-mark showmanual` of a fresh machine of the project's kind: what that
+# image already ships (git, curl, jq, build-essential, ...) is named here too,
+# so the list stays true on any Debian 12.  Rust (rustup) and Go
+# (/usr/local/go) come with the machine image, not from apt.  busybox itself
+# is not installed: testimages/build-and-push.sh fetches it with
+# `apt-get download busybox` (installing it would conflict with
+# busybox-static), so the apt lists must know it; dpkg-deb and ldd
+# (libc-bin) are essential.
 APT_PACKAGES=(
-    runc crun containernetworking-plugins docker-registry
-    iproute2 iptables util-linux procps curl python3
-    protobuf-compiler libprotobuf-dev jq ca-certificates build-essential pkg-config
-    busybox-static
+    runc crun                   # the OCI runtimes: agent, shim and e2e tests
+    containernetworking-plugins # bridge, host-local, loopback, portmap: pod networking
+    docker-registry             # hack/registry.sh: e2e images/pods/critest, bench
+    iproute2                    # ip (netns and bridge clean-up), ss (registry.sh's port check)
+    iptables                    # the portmap CNI plugin (hostPort, critest)
+    util-linux                  # setsid (registry.sh), flock (bench/run.sh)
+    mount                       # umount (bench clean-up of leftover mounts)
+    procps                      # ps/pgrep, to look into a leak report by hand
+    curl                        # registry.sh waits for /v2/ to answer
+    python3                     # bench.py, testimages/ocibuild.py, test.sh's go mod JSON
+    protobuf-compiler           # proto/build.rs and proto/check-wire-compat.sh
+    libprotobuf-dev             # google/protobuf/descriptor.proto for check-wire-compat.sh
+    openssl                     # the imageservice TLS tests make their certificates
+    ca-certificates             # cargo, go mod download and go get over HTTPS
+    git                         # bench.py records the commit it measured
+    jq                          # for developers reading JSON reports; no check needs it
+    build-essential pkg-config  # cc and the linker for cargo builds
+    busybox-static              # /bin/busybox for the shim tests' bundles
 )
 
 require_root
