@@ -386,79 +386,62 @@ pub const DEFAULT_CNI_CONFLIST: &str = r#"{
 }
 "#;
 
-/// The loopback registry with the test images, run by `hack/registry.sh`.
+/// The loopback registry with the test images, run by `hack/registry.sh`
+/// on a port it picks (5000 when free), in a directory of its own.
 #[derive(Debug)]
 pub struct Registry {
-    dir: PathBuf,
+    /// Holds the registry's dir (`registry/`) and the mirrors (`certs.d/`).
+    work: tempfile::TempDir,
     port: u16,
-    mirrors: tempfile::TempDir,
 }
 
 impl Registry {
-    /// Starts the registry on 127.0.0.1:`port`, pushes the test images
+    /// Starts the registry on a free loopback port, pushes the test images
     /// (`only`: a regex of upstream names, as build-and-push.sh's ONLY) and
     /// writes hosts.toml mirrors for every upstream registry.
-    pub fn start(port: u16, only: Option<&str>) -> Result<Self, String> {
-        Self::start_with_large(port, only, 0)
+    pub fn start(only: Option<&str>) -> Result<Self, String> {
+        Self::start_with_large(only, 0)
     }
 
     /// As [`Registry::start`], with `bench/large:1` of `large_mib` MiB
     /// (0 leaves it out).
-    pub fn start_with_large(port: u16, only: Option<&str>, large_mib: u32) -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(format!("berth-e2e-registry-{port}"));
-        let script = repo_root().join("hack/registry.sh");
-        let port_text = port.to_string();
-        let run = |args: &[&str], env: &[(&str, &str)]| -> TestResult {
-            let output = Command::new("bash")
-                .arg(&script)
-                .args(args)
-                .args(["--dir", &dir.to_string_lossy(), "--port", &port_text])
-                .envs(env.iter().copied())
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-            if output.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "hack/registry.sh {args:?} failed: {}{}",
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr)
-                ))
-            }
-        };
-        let mirrors = tempfile::Builder::new()
-            .prefix("berth-e2e-certs.d-")
+    pub fn start_with_large(only: Option<&str>, large_mib: u32) -> Result<Self, String> {
+        let work = tempfile::Builder::new()
+            .prefix("berth-e2e-registry-")
             .tempdir()
-            .map_err(|e| e.to_string())?;
-        run(&["start"], &[])?;
-        let registry = Self {
-            dir: dir.clone(),
-            port,
-            mirrors,
+            .map_err(|e| format!("tempdir: {e}"))?;
+        let dir = work.path().join("registry");
+        let run = |args: &[&str], env: &[(&str, &str)]| -> Result<String, String> {
+            registry_script(&dir, args, env)
         };
+        // Without --port the script takes a free port and records it.
+        run(&["start"], &[])?;
+        let port = run(&["port"], &[])?;
+        let port = port
+            .trim()
+            .parse()
+            .map_err(|e| format!("hack/registry.sh port printed {port:?}: {e}"))?;
+        let registry = Self { work, port };
         let large_mib = large_mib.to_string();
         // A private build directory: the default one in /tmp is shared with
         // every other user of build-and-push.sh on the machine, and a
         // concurrent build there rewrites the layout under our push.
-        let images = registry.dir.join("images").to_string_lossy().into_owned();
+        let images = dir.join("images").to_string_lossy().into_owned();
         let mut env = vec![("LARGE_MIB", large_mib.as_str()), ("OUT", images.as_str())];
         if let Some(only) = only {
             env.push(("ONLY", only));
         }
         run(&["push-images"], &env)?;
-        run(
-            &["mirrors", &registry.mirrors.path().to_string_lossy()],
-            &[],
-        )?;
+        run(&["mirrors", &registry.mirrors_dir().to_string_lossy()], &[])?;
         Ok(registry)
     }
 
     /// The hosts.toml directory that points every upstream at this registry.
-    pub fn mirrors_dir(&self) -> &Path {
-        self.mirrors.path()
+    pub fn mirrors_dir(&self) -> PathBuf {
+        self.work.path().join("certs.d")
     }
 
+    /// `127.0.0.1:PORT`, the registry's own name in image references.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -466,12 +449,34 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo_root().join("hack/registry.sh"))
-            .args(["stop", "--dir", &self.dir.to_string_lossy()])
-            .args(["--port", &self.port.to_string()])
-            .stdin(Stdio::null())
-            .status();
+        let dir = self.work.path().join("registry");
+        if let Err(e) = registry_script(&dir, &["stop"], &[]) {
+            eprintln!("{e}");
+        }
+    }
+}
+
+/// Runs `hack/registry.sh ARGS --dir DIR` (the port is the one DIR records)
+/// and returns its stdout.
+fn registry_script(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
+    let script = repo_root().join("hack/registry.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "hack/registry.sh {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
     }
 }
 

@@ -32,9 +32,9 @@ fn critest_conformance_ratchet() -> TestResult {
         .parse()
         .map_err(|e| format!("{}: {e}", baseline_path.display()))?;
 
-    let registry = Registry::start(5000, None)?;
+    let registry = Registry::start(None)?;
     let berthd = Berthd::start(BerthdOptions {
-        registry_config_path: Some(registry.mirrors_dir().to_owned()),
+        registry_config_path: Some(registry.mirrors_dir()),
         ..BerthdOptions::default()
     })?;
     let report = berthd.dir().join("critest-report.json");

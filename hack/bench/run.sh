@@ -4,7 +4,7 @@
 #   hack/bench/run.sh [--short]
 #
 # One run sets up both runtimes on the same loopback registry (port
-# $BENCH_PORT, default 5070), the same images and the same CNI config (bridge
+# $BENCH_PORT, default: a free one that hack/registry.sh picks), the same images and the same CNI config (bridge
 # benchbr0, 10.77.0.0/16), then runs each benchmark against both, alternating
 # which runtime goes first: cold pull of bench/large:1, the pod lifecycle
 # (serial and parallel), density (N sleeping pods) and `critest -benchmark`.
@@ -44,7 +44,7 @@ case "${1:-}" in
 esac
 [ $# -le 1 ] || usage
 require_root
-PORT=${BENCH_PORT:-5070}
+PORT=${BENCH_PORT:-}
 BRIDGE=benchbr0
 SUBNET=10.77.0.0/16
 GATEWAY=10.77.0.1
@@ -160,10 +160,12 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- registry, images, mirrors, CNI ----------------------------------------
+"$REPO/hack/registry.sh" start --dir "$WORK/registry" ${PORT:+--port "$PORT"}
+# The commands below take the port that start recorded in the registry's dir.
+PORT=$("$REPO/hack/registry.sh" port --dir "$WORK/registry")
 note "registry on 127.0.0.1:$PORT, building and pushing the images"
-"$REPO/hack/registry.sh" start --dir "$WORK/registry" --port "$PORT"
 OUT=$WORK/images "$REPO/hack/registry.sh" push-images --dir "$WORK/registry" >/dev/null
-"$REPO/hack/registry.sh" mirrors "$WORK/mirrors" --port "$PORT"
+"$REPO/hack/registry.sh" mirrors "$WORK/mirrors" --dir "$WORK/registry"
 note "set up in $((SECONDS - START)) s; benchmarking ($MODE)"
 
 mkdir -p "$WORK/cni"
