@@ -5,12 +5,14 @@
 //! `docker-registry` on loopback through `hack/registry.sh` with the test
 //! images of `../shared/testimages` and writes the hosts.toml mirrors;
 //! [`Suite`] runs named tests in order and prints the closing
-//! `N passed, N failed` line; [`leaks`] finds what a daemon left behind.
+//! `N passed, N failed` line; [`leaks`] finds what a daemon left behind;
+//! [`network::Network`] gives each daemon a CNI bridge and subnet of its own.
 //!
 //! Everything a test starts is stopped by the PID it was given, and every
 //! daemon is checked for leaks after it stops.
 
 pub mod leaks;
+pub mod network;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -74,8 +76,8 @@ pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
 pub struct BerthdOptions {
     /// The hosts.toml directory (`registry.config_path`).
     pub registry_config_path: Option<PathBuf>,
-    /// CNI config dir; `None` writes the default bridge network into a
-    /// private directory.
+    /// CNI config dir; `None` writes a network of the daemon's own (its own
+    /// bridge and subnet, see [`network::Network`]) into a private directory.
     pub cni_conf_dir: Option<PathBuf>,
     /// Extra TOML appended to the generated config file.
     pub extra_config: String,
@@ -88,7 +90,8 @@ pub struct BerthdOptions {
 pub struct Berthd {
     child: Option<Child>,
     dir: tempfile::TempDir,
-    netns_before: Vec<String>,
+    /// The daemon's own CNI network, when the harness wrote the config.
+    network: Option<network::Network>,
     /// The root is a tmpfs the harness mounted (and unmounts).
     root_mounted: bool,
 }
@@ -100,14 +103,13 @@ impl Berthd {
             .prefix("berth-e2e-")
             .tempdir()
             .map_err(|e| format!("tempdir: {e}"))?;
-        let cni_conf_dir = match options.cni_conf_dir {
-            Some(dir) => dir,
+        let (cni_conf_dir, network) = match options.cni_conf_dir {
+            Some(dir) => (dir, None),
             None => {
                 let conf = dir.path().join("net.d");
-                std::fs::create_dir_all(&conf).map_err(|e| e.to_string())?;
-                std::fs::write(conf.join("10-berth-bridge.conflist"), DEFAULT_CNI_CONFLIST)
-                    .map_err(|e| e.to_string())?;
-                conf
+                let network = network::Network::claim(&dir.path().join("cni-ipam"))?;
+                network.write_conf(&conf)?;
+                (conf, Some(network))
             }
         };
         let registry = options
@@ -129,7 +131,7 @@ impl Berthd {
         let mut berthd = Self {
             child: None,
             dir,
-            netns_before: leaks::network_namespaces(),
+            network,
             root_mounted: false,
         };
         if let Some(mib) = options.root_size_mib {
@@ -288,7 +290,10 @@ impl Berthd {
             return Err("berthd left its socket behind after SIGTERM".to_owned());
         }
         self.unmount_root();
-        let found = leaks::find(self.dir.path(), &self.netns_before);
+        let mut found = leaks::find(self.dir.path());
+        if let Some(network) = &self.network {
+            found.extend(network.leaks());
+        }
         if !found.is_empty() {
             return Err(format!("berthd leaked:\n  {}", found.join("\n  ")));
         }
@@ -371,20 +376,6 @@ pub fn http_get(address: &str, path: &str) -> Result<String, String> {
     }
     Ok(body.to_owned())
 }
-
-/// The CNI network the harness gives berthd: the bridge that worked for
-/// containerd on these machines (`../shared/CRITEST-NOTES.md`).
-pub const DEFAULT_CNI_CONFLIST: &str = r#"{
-  "cniVersion": "1.0.0",
-  "name": "berth-bridge",
-  "plugins": [
-    { "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-      "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.88.0.0/16", "gateway": "10.88.0.1" }]],
-                "routes": [{ "dst": "0.0.0.0/0" }] } },
-    { "type": "portmap", "capabilities": { "portMappings": true } }
-  ]
-}
-"#;
 
 /// The loopback registry with the test images, run by `hack/registry.sh`
 /// on a port it picks (5000 when free), in a directory of its own.
