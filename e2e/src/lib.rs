@@ -471,11 +471,39 @@ fn registry_script(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<St
     }
 }
 
-/// Runs tests in order and reports like a test runner.
-#[derive(Debug, Default)]
+/// Runs tests in order and reports like a test runner. A failed test runs
+/// once more: passing then, it counts as passed and is reported as flaky
+/// (in the summary and in [`flaky_file`]); failing twice, it fails.
+#[derive(Debug)]
 pub struct Suite {
     passed: usize,
     failed: Vec<String>,
+    /// "name (1 of 2 attempts failed)" for each test that passed on retry.
+    flaky: Vec<String>,
+    attempts: u32,
+}
+
+impl Default for Suite {
+    fn default() -> Self {
+        Self {
+            passed: 0,
+            failed: Vec::new(),
+            flaky: Vec::new(),
+            attempts: 2,
+        }
+    }
+}
+
+/// Where the suites append their flaky tests, one line each, for CI to
+/// print: `$BERTH_E2E_FLAKY`, else `e2e-flaky.txt` in the target dir.
+pub fn flaky_file() -> PathBuf {
+    if let Some(path) = std::env::var_os("BERTH_E2E_FLAKY") {
+        return PathBuf::from(path);
+    }
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+        .join("e2e-flaky.txt")
 }
 
 impl Suite {
@@ -483,34 +511,68 @@ impl Suite {
         Self::default()
     }
 
-    /// Runs one test; a panic counts as a failure.
-    pub fn run(&mut self, name: &str, test: impl FnOnce() -> TestResult) {
-        eprintln!("test {name} ...");
-        let started = Instant::now();
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(test)).unwrap_or_else(|panic| {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "panic".to_owned());
-                Err(format!("panicked: {message}"))
-            });
-        let seconds = started.elapsed().as_secs_f64();
-        match outcome {
-            Ok(()) => {
-                self.passed += 1;
-                println!("test {name} ... ok ({seconds:.1} s)");
-            }
-            Err(message) => {
-                println!("test {name} ... FAILED ({seconds:.1} s)\n{message}\n");
-                self.failed.push(name.to_owned());
-            }
+    /// A suite whose tests run once: for a test that retries inside itself
+    /// (critest's `--ginkgo.flake-attempts`) and takes minutes.
+    pub fn without_retry() -> Self {
+        Self {
+            attempts: 1,
+            ..Self::default()
         }
     }
 
-    /// Prints the closing line and exits non-zero when a test failed.
+    /// Runs one test, again after a failure; a panic counts as a failure.
+    pub fn run(&mut self, name: &str, mut test: impl FnMut() -> TestResult) {
+        let mut failures = 0;
+        for attempt in 1..=self.attempts {
+            let label = if attempt == 1 {
+                name.to_owned()
+            } else {
+                format!("{name} (attempt {attempt} of {})", self.attempts)
+            };
+            eprintln!("test {label} ...");
+            let started = Instant::now();
+            let outcome = run_catching(&mut test);
+            let seconds = started.elapsed().as_secs_f64();
+            match outcome {
+                Ok(()) => {
+                    println!("test {label} ... ok ({seconds:.1} s)");
+                    self.passed += 1;
+                    if failures > 0 {
+                        self.flaky
+                            .push(format!("{name} ({failures} of {attempt} attempts failed)"));
+                    }
+                    return;
+                }
+                Err(message) => {
+                    println!("test {label} ... FAILED ({seconds:.1} s)\n{message}\n");
+                    failures += 1;
+                }
+            }
+        }
+        self.failed.push(name.to_owned());
+    }
+
+    /// Prints the flaky tests and the closing line, appends the flaky ones
+    /// to [`flaky_file`], and exits non-zero when a test failed.
     pub fn finish(self) -> ! {
+        if !self.flaky.is_empty() {
+            let suite = suite_name();
+            println!("flaky (passed on retry):");
+            let mut lines = String::new();
+            for test in &self.flaky {
+                println!("    flaky: {test}");
+                lines.push_str(&format!("{suite}: flaky: {test}\n"));
+            }
+            let path = flaky_file();
+            let appended = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut file| file.write_all(lines.as_bytes()));
+            if let Err(e) = appended {
+                println!("cannot append to {}: {e}", path.display());
+            }
+        }
         if !self.failed.is_empty() {
             println!("failures:");
             for name in &self.failed {
@@ -519,5 +581,30 @@ impl Suite {
         }
         println!("{} passed, {} failed", self.passed, self.failed.len());
         std::process::exit(if self.failed.is_empty() { 0 } else { 1 })
+    }
+}
+
+/// Runs a test, turning a panic into its failure message.
+fn run_catching(test: &mut impl FnMut() -> TestResult) -> TestResult {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(test)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "panic".to_owned());
+        Err(format!("panicked: {message}"))
+    })
+}
+
+/// The test binary's name without cargo's hash: `crictl`, `images`, ...
+fn suite_name() -> String {
+    let exe = std::env::args().next().unwrap_or_default();
+    let stem = Path::new(&exe)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match stem.rsplit_once('-') {
+        Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_owned(),
+        _ => stem,
     }
 }

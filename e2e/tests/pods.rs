@@ -27,7 +27,7 @@ fn main() {
     let with_images = |test: fn(&mut Berthd) -> TestResult| {
         let mirrors = mirrors.clone();
         move || {
-            let mirrors = mirrors.ok_or("no registry")?;
+            let mirrors = mirrors.clone().ok_or("no registry")?;
             with_berthd_options(
                 BerthdOptions {
                     registry_config_path: Some(mirrors),
