@@ -23,8 +23,9 @@
 # is stopped by PID; the dir, the bridge and containerd's pods are removed at
 # the end, and leftovers (processes, mounts, network namespaces) are reported.
 #
-# Exit status: 0 unless the setup fails, a leftover had to be removed, or
-# containerd (the reference) could not produce a figure.
+# Exit status: 0 unless the setup fails, a leftover had to be removed,
+# containerd (the reference) could not produce a figure, or berth got an n/a
+# for a figure that the committed docs/benchmarks.json has for it.
 #
 # Environment: BERTHD=PATH, BENCH_PORT=PORT, LARGE_MIB=N (size of the pulled
 # image, default 150), KEEP=1 (keep the temp dir: daemon and critest logs),
