@@ -13,6 +13,7 @@
 
 pub mod leaks;
 pub mod network;
+pub mod stall;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

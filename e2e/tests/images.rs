@@ -1,6 +1,7 @@
 //! The image service through crictl: pull through registry mirrors,
 //! list, inspect, remove, filesystem usage, errors, and a crash mid-pull.
 
+use berth_e2e::stall::StallingProxy;
 use berth_e2e::{wait_until, Berthd, BerthdOptions, Registry, Suite, TestResult};
 use std::path::Path;
 use std::time::Duration;
@@ -65,7 +66,7 @@ fn main() {
         )
     });
     suite.run("kill_9_mid_pull_leaves_nothing", || {
-        kill_9_mid_pull_leaves_nothing(options(), local)
+        kill_9_mid_pull_leaves_nothing(options(), local, &mirrors)
     });
     drop(registry);
     suite.finish();
@@ -379,9 +380,17 @@ fn disk_full_fails_the_pull_and_leaves_nothing(options: BerthdOptions, local: &s
     berthd.stop()
 }
 
-fn kill_9_mid_pull_leaves_nothing(options: BerthdOptions, local: &str) -> TestResult {
+fn kill_9_mid_pull_leaves_nothing(
+    options: BerthdOptions,
+    local: &str,
+    mirrors: &Path,
+) -> TestResult {
+    // The pull goes through a proxy that holds the big layers part-way, so
+    // the kill lands mid-pull whatever the machine's speed.
+    let proxy = StallingProxy::start(local)?;
+    proxy.write_hosts(mirrors)?;
     let mut berthd = Berthd::start(options)?;
-    let large = format!("{local}/bench/large:1");
+    let large = format!("{}/bench/large:1", proxy.address());
     let large = large.as_str();
     let endpoint = berthd.endpoint();
     let mut pull = std::process::Command::new(berth_e2e::tool("crictl")?)
@@ -397,12 +406,21 @@ fn kill_9_mid_pull_leaves_nothing(options: BerthdOptions, local: &str) -> TestRe
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
-    // Kill berthd once layers are being unpacked.
+    // Kill berthd while layer downloads are held and layers are unpacked.
     let snapshots = berthd.root_dir().join("snapshotter/snapshots");
+    let held = wait_until(Duration::from_secs(30), || proxy.held() > 0);
     let unpacking = wait_until(Duration::from_secs(30), || files_under(&snapshots) > 0);
+    let mid_pull = proxy.held() > 0;
     berthd.kill9()?;
     let _ = pull.wait();
+    ensure(held, || {
+        "no layer download reached the proxy's hold".to_owned()
+    })?;
     ensure(unpacking, || "the pull never started unpacking".to_owned())?;
+    ensure(mid_pull, || {
+        "the held downloads ended before the kill".to_owned()
+    })?;
+    proxy.release();
     berthd.restart()?;
     let images = json(&berthd.crictl_ok(&["images", "-o", "json"])?)?;
     ensure(
