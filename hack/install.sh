@@ -7,6 +7,9 @@
 # its version at the end.
 #   - Debian packages (apt-get update runs only when something is missing)
 #   - Rust: cargo plus the rustfmt and clippy components (needs rustup)
+#   - cargo-machete $CARGO_MACHETE_VERSION (crates.io, `cargo install --locked`),
+#     the unused-dependency check of hack/test.sh; skipped when
+#     `cargo machete --version` already reports that version
 #   - crictl and critest from cri-tools $CRI_TOOLS_VERSION, built with Go into
 #     $BINDIR; critest is skipped when $STAMP_DIR/critest-<version>.stamp exists
 #     and $BINDIR/critest too, crictl when `crictl --version` reports the version
@@ -26,6 +29,7 @@ case "${1:-}" in
 esac
 
 CRI_TOOLS_VERSION=v1.37.0
+CARGO_MACHETE_VERSION=0.9.2
 BINDIR=${BINDIR:-/usr/local/bin}
 STAMP_DIR=${STAMP_DIR:-/usr/local/lib/berth}
 
@@ -116,6 +120,20 @@ install_rust() {
     fi
 }
 
+cargo_machete_current() {
+    # It prints the bare version ("0.9.2").
+    local out
+    out=$(cargo machete --version 2>/dev/null) || return 1
+    [ "${out##* }" = "$CARGO_MACHETE_VERSION" ]
+}
+
+install_cargo_machete() {
+    cargo_machete_current && return
+    quietly "cargo install cargo-machete@$CARGO_MACHETE_VERSION" \
+        cargo install --locked --quiet "cargo-machete@$CARGO_MACHETE_VERSION"
+    cargo_machete_current || die "cargo machete does not report $CARGO_MACHETE_VERSION after the install"
+}
+
 setup_go() {
     if [ -z "${GO:-}" ]; then
         GO=$(command -v go || true)
@@ -202,6 +220,7 @@ print_versions() {
     row rustc "$(first_line rustc --version)"
     row rustfmt "$(first_line rustfmt --version)"
     row clippy "$(first_line cargo clippy --version)"
+    row cargo-machete "$(first_line cargo machete --version)"
     row go "$(first_line "$GO" version)"
     row crictl "$(first_line "$BINDIR/crictl" --version)"
     row containerd-shim "$("$EXTERNAL_SHIM" -v 2>&1 | grep -m1 Version | tr -s " \t" " " || true)"
@@ -233,6 +252,7 @@ install_external_shim() {
 install_apt_packages
 install_external_shim
 install_rust
+install_cargo_machete
 setup_go
 install_crictl
 install_critest
