@@ -4,8 +4,9 @@
 #   hack/test.sh
 #
 # Installs the prerequisites (hack/install.sh), then runs, stopping at the
-# first failure: cargo fmt --check, cargo clippy -D warnings, the unit and
-# integration tests, the e2e suite (crictl tests, image tests, pod tests, then critest with the
+# first failure: cargo fmt --check, cargo clippy -D warnings, cargo doc with
+# warnings denied (broken intra-doc links and the like), cargo machete (no
+# unused dependencies), the unit and integration tests, the e2e suite (crictl tests, image tests, pod tests, then critest with the
 # ratchet of e2e/critest-passing.txt), and a short smoke run of the benchmarks
 # (hack/bench/run.sh --short, figures to a temp dir) so they cannot rot. Needs root: tests create namespaces,
 # mounts and a loopback registry.
@@ -59,6 +60,12 @@ cargo fmt --all --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo doc (warnings denied)"
+RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --locked
+
+step "cargo machete (unused dependencies)"
+cargo machete
 
 step "unit and integration tests"
 cargo test --workspace --locked --exclude berth-e2e
