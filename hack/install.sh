@@ -7,6 +7,9 @@
 # its version at the end.
 #   - Debian packages (apt-get update runs only when something is missing)
 #   - Rust: cargo plus the rustfmt and clippy components (needs rustup)
+#   - cargo-machete $CARGO_MACHETE_VERSION (crates.io, `cargo install --locked`),
+#     the unused-dependency check of hack/test.sh; skipped when
+#     `cargo machete --version` already reports that version
 #   - crictl and critest from cri-tools $CRI_TOOLS_VERSION, built with Go into
 #     $BINDIR; critest is skipped when $STAMP_DIR/critest-<version>.stamp exists
 #     and $BINDIR/critest too, crictl when `crictl --version` reports the version
@@ -26,19 +29,38 @@ case "${1:-}" in
 esac
 
 CRI_TOOLS_VERSION=v1.37.0
+CARGO_MACHETE_VERSION=0.9.2
 BINDIR=${BINDIR:-/usr/local/bin}
 STAMP_DIR=${STAMP_DIR:-/usr/local/lib/berth}
 
-# Debian packages.  busybox-static gives the shim's tests a static
-# /bin/busybox for their bundles.  busybox itself is not installed:
-# testimages/build-and-push.sh fetches it with `apt-get download busybox`
-# (installing it would conflict with busybox-static),
-# so the apt lists must know it; dpkg-deb, ldd (libc-bin) are essential.
+# Debian packages, each with what needs it.  Checked against
+# `apt-mark showmanual` of a fresh machine of the project's kind: what that
+# image already ships (git, curl, jq, build-essential, ...) is named here too,
+# so the list stays true on any Debian 12.  Rust (rustup) and Go
+# (/usr/local/go) come with the machine image, not from apt.  busybox itself
+# is not installed: testimages/build-and-push.sh fetches it with
+# `apt-get download busybox` (installing it would conflict with
+# busybox-static), so the apt lists must know it; dpkg-deb and ldd
+# (libc-bin) are essential.
 APT_PACKAGES=(
-    runc crun containernetworking-plugins docker-registry
-    iproute2 iptables util-linux procps curl python3
-    protobuf-compiler libprotobuf-dev jq ca-certificates build-essential pkg-config
-    busybox-static
+    runc crun                   # the OCI runtimes: agent, shim and e2e tests
+    containernetworking-plugins # bridge, host-local, loopback, portmap: pod networking
+    docker-registry             # hack/registry.sh: e2e images/pods/critest, bench
+    iproute2                    # ip (netns and bridge clean-up), ss (registry.sh's port check)
+    iptables                    # the portmap CNI plugin (hostPort, critest)
+    util-linux                  # setsid (registry.sh), flock (bench/run.sh)
+    mount                       # umount (bench clean-up of leftover mounts)
+    procps                      # ps/pgrep, to look into a leak report by hand
+    curl                        # registry.sh waits for /v2/ to answer
+    python3                     # bench.py, testimages/ocibuild.py, test.sh's go mod JSON
+    protobuf-compiler           # proto/build.rs and proto/check-wire-compat.sh
+    libprotobuf-dev             # google/protobuf/descriptor.proto for check-wire-compat.sh
+    openssl                     # the imageservice TLS tests make their certificates
+    ca-certificates             # cargo, go mod download and go get over HTTPS
+    git                         # bench.py records the commit it measured
+    jq                          # for developers reading JSON reports; no check needs it
+    build-essential pkg-config  # cc and the linker for cargo builds
+    busybox-static              # /bin/busybox for the shim tests' bundles
 )
 
 require_root
@@ -96,6 +118,20 @@ install_rust() {
     if [ ${#missing[@]} -gt 0 ]; then
         quietly "rustup component add ${missing[*]}" rustup component add "${missing[@]}"
     fi
+}
+
+cargo_machete_current() {
+    # It prints the bare version ("0.9.2").
+    local out
+    out=$(cargo machete --version 2>/dev/null) || return 1
+    [ "${out##* }" = "$CARGO_MACHETE_VERSION" ]
+}
+
+install_cargo_machete() {
+    cargo_machete_current && return
+    quietly "cargo install cargo-machete@$CARGO_MACHETE_VERSION" \
+        cargo install --locked --quiet "cargo-machete@$CARGO_MACHETE_VERSION"
+    cargo_machete_current || die "cargo machete does not report $CARGO_MACHETE_VERSION after the install"
 }
 
 setup_go() {
@@ -184,6 +220,7 @@ print_versions() {
     row rustc "$(first_line rustc --version)"
     row rustfmt "$(first_line rustfmt --version)"
     row clippy "$(first_line cargo clippy --version)"
+    row cargo-machete "$(first_line cargo machete --version)"
     row go "$(first_line "$GO" version)"
     row crictl "$(first_line "$BINDIR/crictl" --version)"
     row containerd-shim "$("$EXTERNAL_SHIM" -v 2>&1 | grep -m1 Version | tr -s " \t" " " || true)"
@@ -215,6 +252,7 @@ install_external_shim() {
 install_apt_packages
 install_external_shim
 install_rust
+install_cargo_machete
 setup_go
 install_crictl
 install_critest

@@ -6,9 +6,13 @@
 #   hack/registry.sh status       [--dir DIR] [--port PORT]
 #   hack/registry.sh push-images  [--dir DIR] [--port PORT]
 #   hack/registry.sh mirrors MDIR [--dir DIR] [--port PORT]
+#   hack/registry.sh port         [--dir DIR]
 #
 #   start        serve on 127.0.0.1:PORT, config/storage/log/PID file in DIR;
-#                waits until /v2/ answers (30 s); no-op when already running
+#                waits until /v2/ answers (30 s); no-op when already running.
+#                Without --port: 5000 when it is free, else a free port the
+#                kernel picks (another one if a process takes it first); the
+#                port is recorded in DIR/port for the other commands
 #   stop         kill the recorded PID (only if it is docker-registry), wait for
 #                it to exit, remove DIR
 #   status       print the state; exit 0 when running and answering, else 1
@@ -20,10 +24,11 @@
 #   mirrors MDIR write containerd-style MDIR/HOST/hosts.toml for registry.k8s.io,
 #                k8s.gcr.io, gcr.io, docker.io, public.ecr.aws and 127.0.0.1:PORT,
 #                all served by http://127.0.0.1:PORT
+#   port         print the port recorded in DIR by `start`; exit 1 if none
 #
-# Defaults: DIR=/tmp/berth-registry; PORT=the port recorded in DIR by `start`,
-# else 5000.  Files in DIR: config.yml, storage/,
-# registry.log, registry.pid, port.
+# Defaults: DIR=/tmp/berth-registry; PORT=the port recorded in DIR by `start`
+# (else, for `start` see above, for the others 5000).  Files in DIR:
+# config.yml, storage/, registry.log, registry.pid, port.
 set -euo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -31,6 +36,10 @@ set -euo pipefail
 DIR=/tmp/berth-registry
 PORT=
 START_TIMEOUT=30
+DEFAULT_PORT=5000
+# How often `start` picks another free port when the one it picked was taken
+# between its check and the registry's bind.
+START_ATTEMPTS=5
 MIRROR_HOSTS=(registry.k8s.io k8s.gcr.io gcr.io docker.io public.ecr.aws)
 
 [ $# -ge 1 ] || usage
@@ -48,21 +57,38 @@ while [ $# -gt 0 ]; do
         *) ARGS+=("$1"); shift ;;
     esac
 done
-# Without --port: the port of the registry that DIR records, else 5000.
-if [ -z "$PORT" ]; then
-    PORT=$(cat "$DIR/port" 2>/dev/null || true)
-    [[ $PORT =~ ^[0-9]+$ ]] || PORT=5000
-fi
-if ! [[ $PORT =~ ^[0-9]+$ ]] || [ "$PORT" -lt 1 ] || [ "$PORT" -gt 65535 ]; then
-    die "bad port: $PORT"
-fi
 if [ -z "$DIR" ] || [ "$DIR" = / ]; then
     die "bad --dir: '$DIR'"
 fi
-ADDR=127.0.0.1:$PORT
-URL=http://$ADDR
 PIDFILE=$DIR/registry.pid
 LOG=$DIR/registry.log
+
+# recorded_port: the port DIR records (written by `start`); fails if none.
+recorded_port() {
+    local port
+    port=$(cat "$DIR/port" 2>/dev/null) || return 1
+    [[ $port =~ ^[0-9]+$ ]] || return 1
+    echo "$port"
+}
+
+# use_port PORT: the port the commands below talk to.
+use_port() {
+    PORT=$1
+    if ! [[ $PORT =~ ^[0-9]+$ ]] || [ "$PORT" -lt 1 ] || [ "$PORT" -gt 65535 ]; then
+        die "bad port: $PORT"
+    fi
+    ADDR=127.0.0.1:$PORT
+    URL=http://$ADDR
+}
+
+# PORT_GIVEN: --port was given, so `start` takes exactly that port.
+PORT_GIVEN=
+if [ -n "$PORT" ]; then
+    PORT_GIVEN=1
+    use_port "$PORT"
+else
+    use_port "$(recorded_port || echo "$DEFAULT_PORT")"
+fi
 
 no_args() {
     [ ${#ARGS[@]} -eq 0 ] || { note "unexpected argument: ${ARGS[0]}"; usage; }
@@ -123,25 +149,67 @@ kill_pid() {
     wait_reaped "$pid" 5
 }
 
+# port_busy: something answers or listens on $PORT.
+port_busy() {
+    answers || [ -n "$(ss -Hltn "sport = :$PORT" 2>/dev/null)" ]
+}
+
+# free_port: a loopback port nobody listens on now, picked by the kernel.
+free_port() {
+    python3 -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
+}
+
+# bind_lost: the registry's log says another process holds its port.
+bind_lost() {
+    grep -q "address already in use" "$LOG" 2>/dev/null
+}
+
 cmd_start() {
     no_args
     command -v docker-registry >/dev/null || die "docker-registry not found (apt-get install docker-registry, or hack/install.sh)"
     command -v curl >/dev/null || die "curl not found"
-    local pid
+    local pid attempt=1
     if pid=$(recorded_pid); then
         local running_port
-        running_port=$(cat "$DIR/port" 2>/dev/null || echo "?")
-        [ "$running_port" = "$PORT" ] ||
+        running_port=$(recorded_port || echo "?")
+        [ -z "$PORT_GIVEN" ] || [ "$running_port" = "$PORT" ] ||
             die "a registry from $DIR is already running (pid $pid) on port $running_port, not $PORT"
-        answers && return 0
-        # Started by a concurrent `start` a moment ago: wait for it below.
+        use_port "$running_port"
+        # Started by a concurrent `start` a moment ago: wait for it.
+        answers || wait_answering "$pid" || die "docker-registry pid $pid does not answer on $URL/v2/"
+        return 0
+    fi
+    if [ -n "$PORT_GIVEN" ]; then
+        ! port_busy || die "port $PORT on 127.0.0.1 is already in use by another process"
     else
-        rm -f "$PIDFILE"
-        if answers || [ -n "$(ss -Hltn "sport = :$PORT" 2>/dev/null)" ]; then
-            die "port $PORT on 127.0.0.1 is already in use by another process"
+        use_port "$DEFAULT_PORT"
+        if port_busy; then
+            use_port "$(free_port)"
         fi
-        mkdir -p "$DIR/storage"
-        cat >"$DIR/config.yml" <<EOF
+    fi
+    while :; do
+        spawn_registry
+        wait_answering "$REGISTRY_PID" && return 0
+        # An automatic port another process took between the check and the
+        # registry's bind: pick another.
+        if [ -n "$PORT_GIVEN" ] || ! bind_lost || [ "$attempt" -ge "$START_ATTEMPTS" ]; then
+            die "docker-registry did not start on $URL"
+        fi
+        note "port $PORT was taken before the registry bound it; trying another"
+        attempt=$((attempt + 1))
+        use_port "$(free_port)"
+    done
+}
+
+# spawn_registry: write the config for $ADDR and the port file, start
+# docker-registry in the background; its PID goes to REGISTRY_PID.
+spawn_registry() {
+    rm -f "$PIDFILE"
+    mkdir -p "$DIR/storage"
+    cat >"$DIR/config.yml" <<EOF
 version: 0.1
 log:
   level: info
@@ -155,32 +223,43 @@ storage:
 http:
   addr: $ADDR
 EOF
-        echo "$PORT" >"$DIR/port"
-        # setsid: out of the caller's process group, so the registry outlives
-        # the calling shell's job; it runs in the background forked child
-        # (not a group leader), so setsid execs without another fork and $! is
-        # the registry's PID.
-        setsid docker-registry serve "$DIR/config.yml" </dev/null >"$LOG" 2>&1 &
-        pid=$!
-        echo "$pid" >"$PIDFILE"
-    fi
-    local deadline=$((SECONDS + START_TIMEOUT))
+    echo "$PORT" >"$DIR/port"
+    # setsid: out of the caller's process group, so the registry outlives
+    # the calling shell's job; it runs in the background forked child
+    # (not a group leader), so setsid execs without another fork and $! is
+    # the registry's PID.
+    setsid docker-registry serve "$DIR/config.yml" </dev/null >"$LOG" 2>&1 &
+    REGISTRY_PID=$!
+    echo "$REGISTRY_PID" >"$PIDFILE"
+}
+
+# wait_answering PID: wait until the registry PID answers on $URL/v2/; when
+# it exits or does not answer in time, show its log and fail.
+wait_answering() {
+    local pid=$1 deadline=$((SECONDS + START_TIMEOUT))
     until answers; do
         if ! kill -0 "$pid" 2>/dev/null || [ -z "$(tr -d '\0' <"/proc/$pid/cmdline" 2>/dev/null)" ]; then
             show_log
             rm -f "$PIDFILE"
-            die "docker-registry exited before answering on $URL/v2/"
+            note "docker-registry exited before answering on $URL/v2/"
+            return 1
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
             show_log
             proc_is "$pid" docker-registry && kill_pid "$pid"
             rm -f "$PIDFILE"
-            die "docker-registry did not answer on $URL/v2/ within $START_TIMEOUT s"
+            note "docker-registry did not answer on $URL/v2/ within $START_TIMEOUT s"
+            return 1
         fi
         sleep 0.1
     done
     proc_is "$pid" docker-registry ||
         { show_log; rm -f "$PIDFILE"; die "docker-registry pid $pid is gone; who answers on $URL?"; }
+}
+
+cmd_port() {
+    no_args
+    recorded_port || die "no port recorded in $DIR (not started?)"
 }
 
 cmd_stop() {
@@ -263,6 +342,7 @@ case "$CMD" in
     status) cmd_status ;;
     push-images) cmd_push_images ;;
     mirrors) cmd_mirrors ;;
+    port) cmd_port ;;
     -h | --help | help) usage 0 ;;
     *) note "unknown command: $CMD"; usage ;;
 esac

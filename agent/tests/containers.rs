@@ -117,6 +117,52 @@ fn wait_for_file(path: &Path, needle: &str) -> String {
     }
 }
 
+/// Host PIDs of the live processes whose command line contains `needle`.
+fn pids_running(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .filter(|pid| !exited(*pid))
+        .collect()
+}
+
+/// True when `pid` is gone or a zombie.
+fn exited(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(") ")
+            .is_none_or(|(_, rest)| rest.starts_with(['Z', 'X']))
+    })
+}
+
+/// Waits until process `pid` (`what`) has exited.
+fn wait_exited(pid: i32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !exited(pid) {
+        assert!(Instant::now() < deadline, "{what} (pid {pid}) did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the file at `path` grows past `len` bytes.
+fn wait_longer_than(path: &Path, len: usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if std::fs::read_to_string(path).unwrap_or_default().len() > len {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn pod_with_logs(daemon: &Daemon, name: &str) -> cri::PodSandboxConfig {
     let mut config = pod_config(name);
     config.log_directory = daemon
@@ -484,12 +530,32 @@ async fn containers_survive_a_restart_and_exits_meanwhile_are_reported() {
         &["sh", "-c", "while true; do echo tick; sleep 0.2; done"],
     )
     .await;
-    let exits = make("exits", &["sh", "-c", "sleep 1; exit 7"]).await;
+    // Exits when told (by a file the test puts into its /tmp), so the exit
+    // certainly falls while berthd is down.
+    const EXIT_NOW: &str = "/tmp/berth-it-restart-exit-now";
+    let exits = make(
+        "exits",
+        &[
+            "sh",
+            "-c",
+            "until [ -e /tmp/berth-it-restart-exit-now ]; do sleep 0.05; done; exit 7",
+        ],
+    )
+    .await;
     let orphaned = make("orphaned", &["sleep", "1000"]).await;
+    let exiting = pids_running(EXIT_NOW);
+    assert_eq!(
+        exiting.len(),
+        1,
+        "the exiting container's process: {exiting:?}"
+    );
     daemon.shutdown().await;
 
-    // While berthd is down: one container exits, another's shim is killed.
-    std::thread::sleep(Duration::from_secs(2));
+    // While berthd is down: one container exits, another's shim is killed;
+    // both are seen to end before berthd comes back.
+    std::fs::write(format!("/proc/{}/root{EXIT_NOW}", exiting[0]), "")
+        .expect("tell the container to exit");
+    wait_exited(exiting[0], "the exiting container");
     let shim = common::processes_referring_to(daemon.dir.path())
         .into_iter()
         .find(|p| p.contains(&orphaned) && p.contains("containerd-shim-berth-v2"))
@@ -505,6 +571,7 @@ async fn containers_survive_a_restart_and_exits_meanwhile_are_reported() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill the shim");
+    wait_exited(pid, "the killed shim");
     daemon.restart().await;
     let client = &mut daemon.client.clone();
 
@@ -516,11 +583,7 @@ async fn containers_survive_a_restart_and_exits_meanwhile_are_reported() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
     let log = Path::new(&pod_config.log_directory).join("keeps.log");
     let before = std::fs::read_to_string(&log).unwrap_or_default().len();
-    std::thread::sleep(Duration::from_millis(600));
-    assert!(
-        std::fs::read_to_string(&log).unwrap_or_default().len() > before,
-        "logs keep flowing"
-    );
+    assert!(wait_longer_than(&log, before), "logs keep flowing");
 
     let exited = wait_state(client, &exits, cri::ContainerState::ContainerExited).await;
     assert_eq!(exited.exit_code, 7);

@@ -1,20 +1,10 @@
-//! What a stopped daemon may have left behind: mounts under its
-//! directories, processes that still refer to them, network namespaces.
+//! What a stopped daemon may have left behind, counting only what it made
+//! itself: mounts under its directories (among them the network namespaces
+//! its pods pinned in its state dir), processes that still refer to them.
+//! What its pods left on its own CNI network is [`crate::network::Network::leaks`].
+//! Other runtimes' namespaces and processes on the machine are not counted.
 
 use std::path::Path;
-
-/// Named network namespaces (`ip netns list`), by name.
-pub fn network_namespaces() -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/run/netns") else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
 
 /// Mount points at or below `dir`.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
@@ -48,21 +38,22 @@ pub fn processes_referring_to(dir: &Path) -> Vec<String> {
 }
 
 /// Everything leaked by a daemon that used `dir`, as readable lines.
-pub fn find(dir: &Path, netns_before: &[String]) -> Vec<String> {
+pub fn find(dir: &Path) -> Vec<String> {
     let mut found: Vec<String> = mounts_under(dir)
         .into_iter()
-        .map(|m| format!("mount {m}"))
+        .map(|m| {
+            // berthd pins a pod's namespace at <state>/sandboxes/<id>/netns.
+            if m.ends_with("/netns") {
+                format!("network namespace pinned at {m}")
+            } else {
+                format!("mount {m}")
+            }
+        })
         .collect();
     found.extend(
         processes_referring_to(dir)
             .into_iter()
             .map(|p| format!("process {p}")),
-    );
-    found.extend(
-        network_namespaces()
-            .into_iter()
-            .filter(|ns| !netns_before.contains(ns))
-            .map(|ns| format!("network namespace {ns}")),
     );
     found
 }

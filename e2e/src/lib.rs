@@ -5,12 +5,15 @@
 //! `docker-registry` on loopback through `hack/registry.sh` with the test
 //! images of `../shared/testimages` and writes the hosts.toml mirrors;
 //! [`Suite`] runs named tests in order and prints the closing
-//! `N passed, N failed` line; [`leaks`] finds what a daemon left behind.
+//! `N passed, N failed` line; [`leaks`] finds what a daemon left behind;
+//! [`network::Network`] gives each daemon a CNI bridge and subnet of its own.
 //!
 //! Everything a test starts is stopped by the PID it was given, and every
 //! daemon is checked for leaks after it stops.
 
 pub mod leaks;
+pub mod network;
+pub mod stall;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -74,8 +77,8 @@ pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
 pub struct BerthdOptions {
     /// The hosts.toml directory (`registry.config_path`).
     pub registry_config_path: Option<PathBuf>,
-    /// CNI config dir; `None` writes the default bridge network into a
-    /// private directory.
+    /// CNI config dir; `None` writes a network of the daemon's own (its own
+    /// bridge and subnet, see [`network::Network`]) into a private directory.
     pub cni_conf_dir: Option<PathBuf>,
     /// Extra TOML appended to the generated config file.
     pub extra_config: String,
@@ -91,7 +94,8 @@ pub struct BerthdOptions {
 pub struct Berthd {
     child: Option<Child>,
     dir: tempfile::TempDir,
-    netns_before: Vec<String>,
+    /// The daemon's own CNI network, when the harness wrote the config.
+    network: Option<network::Network>,
     /// The root is a tmpfs the harness mounted (and unmounts).
     root_mounted: bool,
     open_files_limit: Option<(u64, u64)>,
@@ -104,14 +108,13 @@ impl Berthd {
             .prefix("berth-e2e-")
             .tempdir()
             .map_err(|e| format!("tempdir: {e}"))?;
-        let cni_conf_dir = match options.cni_conf_dir {
-            Some(dir) => dir,
+        let (cni_conf_dir, network) = match options.cni_conf_dir {
+            Some(dir) => (dir, None),
             None => {
                 let conf = dir.path().join("net.d");
-                std::fs::create_dir_all(&conf).map_err(|e| e.to_string())?;
-                std::fs::write(conf.join("10-berth-bridge.conflist"), DEFAULT_CNI_CONFLIST)
-                    .map_err(|e| e.to_string())?;
-                conf
+                let network = network::Network::claim(&dir.path().join("cni-ipam"))?;
+                network.write_conf(&conf)?;
+                (conf, Some(network))
             }
         };
         let registry = options
@@ -133,7 +136,7 @@ impl Berthd {
         let mut berthd = Self {
             child: None,
             dir,
-            netns_before: leaks::network_namespaces(),
+            network,
             root_mounted: false,
             open_files_limit: options.open_files_limit,
         };
@@ -305,7 +308,10 @@ impl Berthd {
             return Err("berthd left its socket behind after SIGTERM".to_owned());
         }
         self.unmount_root();
-        let found = leaks::find(self.dir.path(), &self.netns_before);
+        let mut found = leaks::find(self.dir.path());
+        if let Some(network) = &self.network {
+            found.extend(network.leaks());
+        }
         if !found.is_empty() {
             return Err(format!("berthd leaked:\n  {}", found.join("\n  ")));
         }
@@ -389,93 +395,62 @@ pub fn http_get(address: &str, path: &str) -> Result<String, String> {
     Ok(body.to_owned())
 }
 
-/// The CNI network the harness gives berthd: the bridge that worked for
-/// containerd on these machines (`../shared/CRITEST-NOTES.md`).
-pub const DEFAULT_CNI_CONFLIST: &str = r#"{
-  "cniVersion": "1.0.0",
-  "name": "berth-bridge",
-  "plugins": [
-    { "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-      "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.88.0.0/16", "gateway": "10.88.0.1" }]],
-                "routes": [{ "dst": "0.0.0.0/0" }] } },
-    { "type": "portmap", "capabilities": { "portMappings": true } }
-  ]
-}
-"#;
-
-/// The loopback registry with the test images, run by `hack/registry.sh`.
+/// The loopback registry with the test images, run by `hack/registry.sh`
+/// on a port it picks (5000 when free), in a directory of its own.
 #[derive(Debug)]
 pub struct Registry {
-    dir: PathBuf,
+    /// Holds the registry's dir (`registry/`) and the mirrors (`certs.d/`).
+    work: tempfile::TempDir,
     port: u16,
-    mirrors: tempfile::TempDir,
 }
 
 impl Registry {
-    /// Starts the registry on 127.0.0.1:`port`, pushes the test images
+    /// Starts the registry on a free loopback port, pushes the test images
     /// (`only`: a regex of upstream names, as build-and-push.sh's ONLY) and
     /// writes hosts.toml mirrors for every upstream registry.
-    pub fn start(port: u16, only: Option<&str>) -> Result<Self, String> {
-        Self::start_with_large(port, only, 0)
+    pub fn start(only: Option<&str>) -> Result<Self, String> {
+        Self::start_with_large(only, 0)
     }
 
     /// As [`Registry::start`], with `bench/large:1` of `large_mib` MiB
     /// (0 leaves it out).
-    pub fn start_with_large(port: u16, only: Option<&str>, large_mib: u32) -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(format!("berth-e2e-registry-{port}"));
-        let script = repo_root().join("hack/registry.sh");
-        let port_text = port.to_string();
-        let run = |args: &[&str], env: &[(&str, &str)]| -> TestResult {
-            let output = Command::new("bash")
-                .arg(&script)
-                .args(args)
-                .args(["--dir", &dir.to_string_lossy(), "--port", &port_text])
-                .envs(env.iter().copied())
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-            if output.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "hack/registry.sh {args:?} failed: {}{}",
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr)
-                ))
-            }
-        };
-        let mirrors = tempfile::Builder::new()
-            .prefix("berth-e2e-certs.d-")
+    pub fn start_with_large(only: Option<&str>, large_mib: u32) -> Result<Self, String> {
+        let work = tempfile::Builder::new()
+            .prefix("berth-e2e-registry-")
             .tempdir()
-            .map_err(|e| e.to_string())?;
-        run(&["start"], &[])?;
-        let registry = Self {
-            dir: dir.clone(),
-            port,
-            mirrors,
+            .map_err(|e| format!("tempdir: {e}"))?;
+        let dir = work.path().join("registry");
+        let run = |args: &[&str], env: &[(&str, &str)]| -> Result<String, String> {
+            registry_script(&dir, args, env)
         };
+        // Without --port the script takes a free port and records it.
+        run(&["start"], &[])?;
+        let port = run(&["port"], &[])?;
+        let port = port
+            .trim()
+            .parse()
+            .map_err(|e| format!("hack/registry.sh port printed {port:?}: {e}"))?;
+        let registry = Self { work, port };
         let large_mib = large_mib.to_string();
         // A private build directory: the default one in /tmp is shared with
         // every other user of build-and-push.sh on the machine, and a
         // concurrent build there rewrites the layout under our push.
-        let images = registry.dir.join("images").to_string_lossy().into_owned();
+        let images = dir.join("images").to_string_lossy().into_owned();
         let mut env = vec![("LARGE_MIB", large_mib.as_str()), ("OUT", images.as_str())];
         if let Some(only) = only {
             env.push(("ONLY", only));
         }
         run(&["push-images"], &env)?;
-        run(
-            &["mirrors", &registry.mirrors.path().to_string_lossy()],
-            &[],
-        )?;
+        run(&["mirrors", &registry.mirrors_dir().to_string_lossy()], &[])?;
         Ok(registry)
     }
 
     /// The hosts.toml directory that points every upstream at this registry.
-    pub fn mirrors_dir(&self) -> &Path {
-        self.mirrors.path()
+    pub fn mirrors_dir(&self) -> PathBuf {
+        self.work.path().join("certs.d")
     }
 
+    /// `127.0.0.1:PORT`, the registry's own name in image references.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -483,20 +458,70 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo_root().join("hack/registry.sh"))
-            .args(["stop", "--dir", &self.dir.to_string_lossy()])
-            .args(["--port", &self.port.to_string()])
-            .stdin(Stdio::null())
-            .status();
+        let dir = self.work.path().join("registry");
+        if let Err(e) = registry_script(&dir, &["stop"], &[]) {
+            eprintln!("{e}");
+        }
     }
 }
 
-/// Runs tests in order and reports like a test runner.
-#[derive(Debug, Default)]
+/// Runs `hack/registry.sh ARGS --dir DIR` (the port is the one DIR records)
+/// and returns its stdout.
+fn registry_script(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
+    let script = repo_root().join("hack/registry.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "hack/registry.sh {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// Runs tests in order and reports like a test runner. A failed test runs
+/// once more: passing then, it counts as passed and is reported as flaky
+/// (in the summary and in [`flaky_file`]); failing twice, it fails.
+#[derive(Debug)]
 pub struct Suite {
     passed: usize,
     failed: Vec<String>,
+    /// "name (1 of 2 attempts failed)" for each test that passed on retry.
+    flaky: Vec<String>,
+    attempts: u32,
+}
+
+impl Default for Suite {
+    fn default() -> Self {
+        Self {
+            passed: 0,
+            failed: Vec::new(),
+            flaky: Vec::new(),
+            attempts: 2,
+        }
+    }
+}
+
+/// Where the suites append their flaky tests, one line each, for CI to
+/// print: `$BERTH_E2E_FLAKY`, else `e2e-flaky.txt` in the target dir.
+pub fn flaky_file() -> PathBuf {
+    if let Some(path) = std::env::var_os("BERTH_E2E_FLAKY") {
+        return PathBuf::from(path);
+    }
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+        .join("e2e-flaky.txt")
 }
 
 impl Suite {
@@ -504,34 +529,68 @@ impl Suite {
         Self::default()
     }
 
-    /// Runs one test; a panic counts as a failure.
-    pub fn run(&mut self, name: &str, test: impl FnOnce() -> TestResult) {
-        eprintln!("test {name} ...");
-        let started = Instant::now();
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(test)).unwrap_or_else(|panic| {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "panic".to_owned());
-                Err(format!("panicked: {message}"))
-            });
-        let seconds = started.elapsed().as_secs_f64();
-        match outcome {
-            Ok(()) => {
-                self.passed += 1;
-                println!("test {name} ... ok ({seconds:.1} s)");
-            }
-            Err(message) => {
-                println!("test {name} ... FAILED ({seconds:.1} s)\n{message}\n");
-                self.failed.push(name.to_owned());
-            }
+    /// A suite whose tests run once: for a test that retries inside itself
+    /// (critest's `--ginkgo.flake-attempts`) and takes minutes.
+    pub fn without_retry() -> Self {
+        Self {
+            attempts: 1,
+            ..Self::default()
         }
     }
 
-    /// Prints the closing line and exits non-zero when a test failed.
+    /// Runs one test, again after a failure; a panic counts as a failure.
+    pub fn run(&mut self, name: &str, mut test: impl FnMut() -> TestResult) {
+        let mut failures = 0;
+        for attempt in 1..=self.attempts {
+            let label = if attempt == 1 {
+                name.to_owned()
+            } else {
+                format!("{name} (attempt {attempt} of {})", self.attempts)
+            };
+            eprintln!("test {label} ...");
+            let started = Instant::now();
+            let outcome = run_catching(&mut test);
+            let seconds = started.elapsed().as_secs_f64();
+            match outcome {
+                Ok(()) => {
+                    println!("test {label} ... ok ({seconds:.1} s)");
+                    self.passed += 1;
+                    if failures > 0 {
+                        self.flaky
+                            .push(format!("{name} ({failures} of {attempt} attempts failed)"));
+                    }
+                    return;
+                }
+                Err(message) => {
+                    println!("test {label} ... FAILED ({seconds:.1} s)\n{message}\n");
+                    failures += 1;
+                }
+            }
+        }
+        self.failed.push(name.to_owned());
+    }
+
+    /// Prints the flaky tests and the closing line, appends the flaky ones
+    /// to [`flaky_file`], and exits non-zero when a test failed.
     pub fn finish(self) -> ! {
+        if !self.flaky.is_empty() {
+            let suite = suite_name();
+            println!("flaky (passed on retry):");
+            let mut lines = String::new();
+            for test in &self.flaky {
+                println!("    flaky: {test}");
+                lines.push_str(&format!("{suite}: flaky: {test}\n"));
+            }
+            let path = flaky_file();
+            let appended = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut file| file.write_all(lines.as_bytes()));
+            if let Err(e) = appended {
+                println!("cannot append to {}: {e}", path.display());
+            }
+        }
         if !self.failed.is_empty() {
             println!("failures:");
             for name in &self.failed {
@@ -540,5 +599,30 @@ impl Suite {
         }
         println!("{} passed, {} failed", self.passed, self.failed.len());
         std::process::exit(if self.failed.is_empty() { 0 } else { 1 })
+    }
+}
+
+/// Runs a test, turning a panic into its failure message.
+fn run_catching(test: &mut impl FnMut() -> TestResult) -> TestResult {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(test)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "panic".to_owned());
+        Err(format!("panicked: {message}"))
+    })
+}
+
+/// The test binary's name without cargo's hash: `crictl`, `images`, ...
+fn suite_name() -> String {
+    let exe = std::env::args().next().unwrap_or_default();
+    let stem = Path::new(&exe)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match stem.rsplit_once('-') {
+        Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_owned(),
+        _ => stem,
     }
 }

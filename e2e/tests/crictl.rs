@@ -91,6 +91,7 @@ fn crictl_info_reports_ready_conditions() -> TestResult {
 
 fn network_not_ready_without_cni_config() -> TestResult {
     let empty = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let own_network = berth_e2e::network::Network::claim(&empty.path().join("ipam"))?;
     let berthd = Berthd::start(BerthdOptions {
         cni_conf_dir: Some(empty.path().to_owned()),
         ..BerthdOptions::default()
@@ -112,11 +113,7 @@ fn network_not_ready_without_cni_config() -> TestResult {
     })?;
 
     // A config appearing later is picked up without a restart.
-    std::fs::write(
-        empty.path().join("10-berth-bridge.conflist"),
-        berth_e2e::DEFAULT_CNI_CONFLIST,
-    )
-    .map_err(|e| e.to_string())?;
+    own_network.write_conf(empty.path())?;
     let info = self::info(&berthd)?;
     ensure(condition(&info, "NetworkReady")?["status"] == true, || {
         info.to_string()

@@ -2,16 +2,20 @@
 //!
 //! Runs critest (cri-tools v1.37.0, installed by `hack/install.sh`) against
 //! a berthd whose registry mirrors point at the loopback registry, writes
-//! the counts to `e2e/critest-last.txt` and fails when fewer specs pass than
-//! `e2e/critest-baseline` says. A flaky spec gets one retry
-//! (`--ginkgo.flake-attempts=2`) and is listed as flaked, never hidden.
+//! the counts and names to `e2e/critest-last.txt`, and fails when a spec
+//! named in `e2e/critest-passing.txt` did not pass (a ratchet by name: one
+//! spec cannot regress while another starts passing). Specs that pass but
+//! are not listed are reported; `BERTH_CRITEST_UPDATE=1` rewrites the list
+//! from the run. A flaky spec gets one retry (`--ginkgo.flake-attempts=2`)
+//! and is listed as flaked, never hidden.
 
 use berth_e2e::{repo_root, tool, Berthd, BerthdOptions, Registry, Suite, TestResult};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 fn main() {
-    let mut suite = Suite::new();
+    // critest retries a failed spec itself (--ginkgo.flake-attempts=2).
+    let mut suite = Suite::without_retry();
     suite.run("critest_conformance_ratchet", critest_conformance_ratchet);
     suite.finish();
 }
@@ -24,17 +28,42 @@ struct Counts {
     flaked: Vec<String>,
 }
 
-fn critest_conformance_ratchet() -> TestResult {
-    let baseline_path = repo_root().join("e2e/critest-baseline");
-    let baseline: usize = std::fs::read_to_string(&baseline_path)
-        .map_err(|e| format!("{}: {e}", baseline_path.display()))?
-        .trim()
-        .parse()
-        .map_err(|e| format!("{}: {e}", baseline_path.display()))?;
+/// The committed list of specs that must pass.
+const PASSING: &str = "e2e/critest-passing.txt";
 
-    let registry = Registry::start(5000, None)?;
+/// The spec names of `e2e/critest-passing.txt` (`#` lines are comments).
+fn read_passing_list() -> Result<Vec<String>, String> {
+    let path = repo_root().join(PASSING);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Rewrites `e2e/critest-passing.txt` with the specs that passed.
+fn write_passing_list(passed: &[String]) -> TestResult {
+    let mut text = String::from(
+        "# critest v1.37.0 specs that pass against berthd: the ratchet of e2e/tests/critest.rs.\n\
+         # Every spec listed here must pass. Regenerate after a run that passes more:\n\
+         #   BERTH_CRITEST_UPDATE=1 cargo test -p berth-e2e --test critest\n",
+    );
+    for name in passed {
+        text.push_str(name);
+        text.push('\n');
+    }
+    let path = repo_root().join(PASSING);
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn critest_conformance_ratchet() -> TestResult {
+    let listed = read_passing_list()?;
+
+    let registry = Registry::start(None)?;
     let berthd = Berthd::start(BerthdOptions {
-        registry_config_path: Some(registry.mirrors_dir().to_owned()),
+        registry_config_path: Some(registry.mirrors_dir()),
         ..BerthdOptions::default()
     })?;
     let report = berthd.dir().join("critest-report.json");
@@ -65,29 +94,56 @@ fn critest_conformance_ratchet() -> TestResult {
             ));
         }
     };
-    write_last(&counts, baseline)?;
+    write_last(&counts, listed.len())?;
     println!(
-        "critest specs: passed={} failed={} skipped={} flaked={} (baseline {baseline}; critest exit: {status})",
+        "critest specs: passed={} failed={} skipped={} flaked={} ({} listed in {PASSING}; critest exit: {status})",
         counts.passed.len(),
         counts.failed.len(),
         counts.skipped,
-        counts.flaked.len()
+        counts.flaked.len(),
+        listed.len(),
     );
     for name in &counts.flaked {
         println!("critest flaked (passed on retry): {name}");
     }
     berthd.stop()?;
     drop(registry);
-    if counts.passed.len() < baseline {
-        return Err(format!(
-            "critest regression: {} specs passed, baseline is {baseline} (see e2e/critest-last.txt)",
+    let newly: Vec<&String> = counts
+        .passed
+        .iter()
+        .filter(|name| !listed.contains(name))
+        .collect();
+    for name in &newly {
+        println!("critest newly passing (not in {PASSING}): {name}");
+    }
+    if std::env::var_os("BERTH_CRITEST_UPDATE").is_some() {
+        write_passing_list(&counts.passed)?;
+        println!(
+            "critest: rewrote {PASSING} with the {} specs that passed",
             counts.passed.len()
+        );
+        return Ok(());
+    }
+    let regressed: Vec<&String> = listed
+        .iter()
+        .filter(|name| !counts.passed.contains(name))
+        .collect();
+    if !regressed.is_empty() {
+        return Err(format!(
+            "critest regression: {} of the specs in {PASSING} did not pass (see e2e/critest-last.txt):\n  {}",
+            regressed.len(),
+            regressed
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join("\n  ")
         ));
     }
-    if counts.passed.len() > baseline {
+    if !newly.is_empty() {
         println!(
-            "critest: {} specs pass, more than the baseline {baseline}: raise e2e/critest-baseline",
-            counts.passed.len()
+            "critest: {} specs pass that {PASSING} does not list: add them \
+             (BERTH_CRITEST_UPDATE=1 cargo test -p berth-e2e --test critest)",
+            newly.len()
         );
     }
     Ok(())
@@ -137,10 +193,10 @@ fn parse_report(path: &Path) -> Result<Counts, String> {
 
 /// `e2e/critest-last.txt`: the counts and every spec by outcome, so a
 /// change in conformance shows in review.
-fn write_last(counts: &Counts, baseline: usize) -> TestResult {
+fn write_last(counts: &Counts, listed: usize) -> TestResult {
     let mut text = format!(
         "# critest v1.37.0 against berthd; written by e2e/tests/critest.rs\n\
-         passed {}\nfailed {}\nskipped {}\nflaked {}\nbaseline {baseline}\n",
+         passed {}\nfailed {}\nskipped {}\nflaked {}\nlisted {listed}\n",
         counts.passed.len(),
         counts.failed.len(),
         counts.skipped,

@@ -1,6 +1,7 @@
 //! The image service through crictl: pull through registry mirrors,
 //! list, inspect, remove, filesystem usage, errors, and a crash mid-pull.
 
+use berth_e2e::stall::StallingProxy;
 use berth_e2e::{wait_until, Berthd, BerthdOptions, Registry, Suite, TestResult};
 use std::path::Path;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
 fn main() {
-    let registry = match Registry::start_with_large(5000, None, 40) {
+    let registry = match Registry::start_with_large(None, 40) {
         Ok(registry) => registry,
         Err(e) => {
             println!("cannot start the loopback registry: {e}");
@@ -16,7 +17,10 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let mirrors = registry.mirrors_dir().to_owned();
+    let mirrors = registry.mirrors_dir();
+    // The registry's own name in references: 127.0.0.1:PORT.
+    let local = registry.address();
+    let local = local.as_str();
     let options = || BerthdOptions {
         registry_config_path: Some(mirrors.clone()),
         ..BerthdOptions::default()
@@ -29,19 +33,22 @@ fn main() {
         pull_by_digest_and_short_names(options())
     });
     suite.run("whiteout_and_uncompressed_images_pull", || {
-        whiteout_and_uncompressed_images_pull(options())
+        whiteout_and_uncompressed_images_pull(options(), local)
     });
     suite.run("errors_name_what_went_wrong", || {
-        errors_name_what_went_wrong(options())
+        errors_name_what_went_wrong(options(), local)
     });
     suite.run("concurrent_pulls_share_layers", || {
         concurrent_pulls_share_layers(options())
     });
     suite.run("kept_layer_blobs_go_with_the_image", || {
-        kept_layer_blobs_go_with_the_image(BerthdOptions {
-            extra_config: "\n[image]\nkeep_layer_blobs = true\n".to_owned(),
-            ..options()
-        })
+        kept_layer_blobs_go_with_the_image(
+            BerthdOptions {
+                extra_config: "\n[image]\nkeep_layer_blobs = true\n".to_owned(),
+                ..options()
+            },
+            local,
+        )
     });
     suite.run("pinned_images_say_so", || {
         pinned_images_say_so(BerthdOptions {
@@ -50,13 +57,16 @@ fn main() {
         })
     });
     suite.run("disk_full_fails_the_pull_and_leaves_nothing", || {
-        disk_full_fails_the_pull_and_leaves_nothing(BerthdOptions {
-            root_size_mib: Some(24),
-            ..options()
-        })
+        disk_full_fails_the_pull_and_leaves_nothing(
+            BerthdOptions {
+                root_size_mib: Some(24),
+                ..options()
+            },
+            local,
+        )
     });
     suite.run("kill_9_mid_pull_leaves_nothing", || {
-        kill_9_mid_pull_leaves_nothing(options())
+        kill_9_mid_pull_leaves_nothing(options(), local, &mirrors)
     });
     drop(registry);
     suite.finish();
@@ -231,15 +241,16 @@ fn pull_by_digest_and_short_names(options: BerthdOptions) -> TestResult {
     berthd.stop()
 }
 
-fn whiteout_and_uncompressed_images_pull(options: BerthdOptions) -> TestResult {
+fn whiteout_and_uncompressed_images_pull(options: BerthdOptions, local: &str) -> TestResult {
     let berthd = Berthd::start(options)?;
+    let whiteout = format!("{local}/bench/whiteout:1");
     for image in [
-        "127.0.0.1:5000/bench/whiteout:1",
-        "127.0.0.1:5000/bench/uncompressed:1",
-        "127.0.0.1:5000/bench/multiarch:1",
-        "gcr.io/k8s-staging-cri-tools/test-image-user-username-group:latest",
+        whiteout.clone(),
+        format!("{local}/bench/uncompressed:1"),
+        format!("{local}/bench/multiarch:1"),
+        "gcr.io/k8s-staging-cri-tools/test-image-user-username-group:latest".to_owned(),
     ] {
-        berthd.crictl_ok(&["pull", image])?;
+        berthd.crictl_ok(&["pull", &image])?;
     }
     let user = json(&berthd.crictl_ok(&[
         "inspecti",
@@ -252,8 +263,7 @@ fn whiteout_and_uncompressed_images_pull(options: BerthdOptions) -> TestResult {
     })?;
     // The whiteout image's top layer deletes files of the lower ones: its
     // snapshots exist for all four layers.
-    let status =
-        json(&berthd.crictl_ok(&["inspecti", "-o", "json", "127.0.0.1:5000/bench/whiteout:1"])?)?;
+    let status = json(&berthd.crictl_ok(&["inspecti", "-o", "json", &whiteout])?)?;
     // crictl prints the verbose `info` JSON as the document's `info`.
     let info = &status["info"];
     let chain = info["chainIDs"].as_array().cloned().unwrap_or_default();
@@ -261,7 +271,7 @@ fn whiteout_and_uncompressed_images_pull(options: BerthdOptions) -> TestResult {
     berthd.stop()
 }
 
-fn errors_name_what_went_wrong(options: BerthdOptions) -> TestResult {
+fn errors_name_what_went_wrong(options: BerthdOptions, local: &str) -> TestResult {
     let berthd = Berthd::start(options)?;
     let output = berthd.crictl(&["pull", "registry.k8s.io/no/such-image:1"])?;
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -269,7 +279,7 @@ fn errors_name_what_went_wrong(options: BerthdOptions) -> TestResult {
         "pulling a missing image succeeded".to_owned()
     })?;
     ensure(
-        stderr.contains("NotFound") && stderr.contains("127.0.0.1:5000"),
+        stderr.contains("NotFound") && stderr.contains(local),
         || stderr.clone(),
     )?;
     let output = berthd.crictl(&["pull", "Not_A/Valid::Reference"])?;
@@ -314,15 +324,16 @@ fn concurrent_pulls_share_layers(options: BerthdOptions) -> TestResult {
     berthd.stop()
 }
 
-fn kept_layer_blobs_go_with_the_image(options: BerthdOptions) -> TestResult {
+fn kept_layer_blobs_go_with_the_image(options: BerthdOptions, local: &str) -> TestResult {
     let berthd = Berthd::start(options)?;
     let blobs = berthd.root_dir().join("content/blobs");
-    berthd.crictl_ok(&["pull", "127.0.0.1:5000/bench/whiteout:1"])?;
+    let whiteout = format!("{local}/bench/whiteout:1");
+    berthd.crictl_ok(&["pull", &whiteout])?;
     // Manifest and config, plus the four compressed layers.
     ensure(files_under(&blobs) == 6, || {
         format!("expected 6 blobs, found {}", files_under(&blobs))
     })?;
-    berthd.crictl_ok(&["rmi", "127.0.0.1:5000/bench/whiteout:1"])?;
+    berthd.crictl_ok(&["rmi", &whiteout])?;
     ensure(files_under(&blobs) == 0, || {
         "blobs remain after rmi".to_owned()
     })?;
@@ -343,10 +354,10 @@ fn pinned_images_say_so(options: BerthdOptions) -> TestResult {
     berthd.stop()
 }
 
-fn disk_full_fails_the_pull_and_leaves_nothing(options: BerthdOptions) -> TestResult {
+fn disk_full_fails_the_pull_and_leaves_nothing(options: BerthdOptions, local: &str) -> TestResult {
     let berthd = Berthd::start(options)?;
     // 40 MiB of incompressible layers cannot fit a 24 MiB root.
-    let output = berthd.crictl(&["pull", "127.0.0.1:5000/bench/large:1"])?;
+    let output = berthd.crictl(&["pull", &format!("{local}/bench/large:1")])?;
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     ensure(!output.status.success(), || {
         "the pull fitted in 24 MiB".to_owned()
@@ -369,9 +380,18 @@ fn disk_full_fails_the_pull_and_leaves_nothing(options: BerthdOptions) -> TestRe
     berthd.stop()
 }
 
-fn kill_9_mid_pull_leaves_nothing(options: BerthdOptions) -> TestResult {
+fn kill_9_mid_pull_leaves_nothing(
+    options: BerthdOptions,
+    local: &str,
+    mirrors: &Path,
+) -> TestResult {
+    // The pull goes through a proxy that holds the big layers part-way, so
+    // the kill lands mid-pull whatever the machine's speed.
+    let proxy = StallingProxy::start(local)?;
+    proxy.write_hosts(mirrors)?;
     let mut berthd = Berthd::start(options)?;
-    let large = "127.0.0.1:5000/bench/large:1";
+    let large = format!("{}/bench/large:1", proxy.address());
+    let large = large.as_str();
     let endpoint = berthd.endpoint();
     let mut pull = std::process::Command::new(berth_e2e::tool("crictl")?)
         .args([
@@ -386,12 +406,21 @@ fn kill_9_mid_pull_leaves_nothing(options: BerthdOptions) -> TestResult {
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
-    // Kill berthd once layers are being unpacked.
+    // Kill berthd while layer downloads are held and layers are unpacked.
     let snapshots = berthd.root_dir().join("snapshotter/snapshots");
+    let held = wait_until(Duration::from_secs(30), || proxy.held() > 0);
     let unpacking = wait_until(Duration::from_secs(30), || files_under(&snapshots) > 0);
+    let mid_pull = proxy.held() > 0;
     berthd.kill9()?;
     let _ = pull.wait();
+    ensure(held, || {
+        "no layer download reached the proxy's hold".to_owned()
+    })?;
     ensure(unpacking, || "the pull never started unpacking".to_owned())?;
+    ensure(mid_pull, || {
+        "the held downloads ended before the kill".to_owned()
+    })?;
+    proxy.release();
     berthd.restart()?;
     let images = json(&berthd.crictl_ok(&["images", "-o", "json"])?)?;
     ensure(

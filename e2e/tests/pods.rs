@@ -8,8 +8,6 @@ use std::time::Duration;
 
 /// The image of the container tests, served by the loopback registry.
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-/// The registry port of this suite (the images suite uses 5000).
-const REGISTRY_PORT: u16 = 5012;
 
 fn main() {
     let mut suite = Suite::new();
@@ -18,18 +16,18 @@ fn main() {
         "pods_survive_kill_9_of_berthd",
         pods_survive_kill_9_of_berthd,
     );
-    let registry = match Registry::start(REGISTRY_PORT, Some("e2e-test-images/busybox")) {
+    let registry = match Registry::start(Some("e2e-test-images/busybox")) {
         Ok(registry) => Some(registry),
         Err(e) => {
             println!("cannot start the loopback registry: {e}");
             None
         }
     };
-    let mirrors = registry.as_ref().map(|r| r.mirrors_dir().to_owned());
+    let mirrors = registry.as_ref().map(Registry::mirrors_dir);
     let with_images = |test: fn(&mut Berthd) -> TestResult| {
         let mirrors = mirrors.clone();
         move || {
-            let mirrors = mirrors.ok_or("no registry")?;
+            let mirrors = mirrors.clone().ok_or("no registry")?;
             with_berthd_options(
                 BerthdOptions {
                     registry_config_path: Some(mirrors),

@@ -872,6 +872,8 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     cfg = MODES[args.mode]
+    # Read before this run may overwrite it (a full run writes docs/benchmarks.*).
+    committed = berth_figures(os.path.join(args.repo, "docs", "benchmarks.json"))
     t0, start_load = time.monotonic(), loadavg()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     daemons = [Berth(args.work, args.berthd), Containerd(args.work)]
@@ -904,9 +906,35 @@ def main():
     # benchmark itself is broken (CI runs --short to catch that).
     broken = sorted({f"{sec} / {metric}: {fig['na']['containerd']}"
                      for (sec, metric), fig in res.figures.items() if fig["na"]["containerd"]})
+    # berth: a figure the committed report has must not become n/a (a step
+    # that stopped working would else only show in a report CI throws away).
+    lost = sorted({f"{sec} / {metric}: {fig['na']['berth'] or 'no samples'}"
+                   for (sec, metric), fig in res.figures.items()
+                   if (fig["na"]["berth"] or not fig["samples"]["berth"])
+                   and figure_key(sec, metric) in committed})
+    if lost:
+        log("berth is n/a where docs/benchmarks.json has a figure:\n  " + "\n  ".join(lost))
     if broken:
         log("containerd failed where it must not:\n  " + "\n  ".join(broken))
+    if broken or lost:
         sys.exit(1)
+
+
+def figure_key(section, metric):
+    """A figure's name without its counts ("start 30 pods" in a full run is
+    "start 5 pods" in a short one)."""
+    return section, re.sub(r"\d+", "N", metric)
+
+
+def berth_figures(path):
+    """The figures berth produced in the report at path (none if it is absent)."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        return set()
+    return {figure_key(r["section"], r["metric"]) for r in doc.get("results", [])
+            if r.get("berth", {}).get("na") is None}
 
 
 if __name__ == "__main__":

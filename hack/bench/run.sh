@@ -4,7 +4,7 @@
 #   hack/bench/run.sh [--short]
 #
 # One run sets up both runtimes on the same loopback registry (port
-# $BENCH_PORT, default 5070), the same images and the same CNI config (bridge
+# $BENCH_PORT, default: a free one that hack/registry.sh picks), the same images and the same CNI config (bridge
 # benchbr0, 10.77.0.0/16), then runs each benchmark against both, alternating
 # which runtime goes first: cold pull of bench/large:1, the pod lifecycle
 # (serial and parallel), density (N sleeping pods) and `critest -benchmark`.
@@ -23,8 +23,9 @@
 # is stopped by PID; the dir, the bridge and containerd's pods are removed at
 # the end, and leftovers (processes, mounts, network namespaces) are reported.
 #
-# Exit status: 0 unless the setup fails, a leftover had to be removed, or
-# containerd (the reference) could not produce a figure.
+# Exit status: 0 unless the setup fails, a leftover had to be removed,
+# containerd (the reference) could not produce a figure, or berth got an n/a
+# for a figure that the committed docs/benchmarks.json has for it.
 #
 # Environment: BERTHD=PATH, BENCH_PORT=PORT, LARGE_MIB=N (size of the pulled
 # image, default 150), KEEP=1 (keep the temp dir: daemon and critest logs),
@@ -44,7 +45,7 @@ case "${1:-}" in
 esac
 [ $# -le 1 ] || usage
 require_root
-PORT=${BENCH_PORT:-5070}
+PORT=${BENCH_PORT:-}
 BRIDGE=benchbr0
 SUBNET=10.77.0.0/16
 GATEWAY=10.77.0.1
@@ -160,10 +161,12 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- registry, images, mirrors, CNI ----------------------------------------
+"$REPO/hack/registry.sh" start --dir "$WORK/registry" ${PORT:+--port "$PORT"}
+# The commands below take the port that start recorded in the registry's dir.
+PORT=$("$REPO/hack/registry.sh" port --dir "$WORK/registry")
 note "registry on 127.0.0.1:$PORT, building and pushing the images"
-"$REPO/hack/registry.sh" start --dir "$WORK/registry" --port "$PORT"
 OUT=$WORK/images "$REPO/hack/registry.sh" push-images --dir "$WORK/registry" >/dev/null
-"$REPO/hack/registry.sh" mirrors "$WORK/mirrors" --port "$PORT"
+"$REPO/hack/registry.sh" mirrors "$WORK/mirrors" --dir "$WORK/registry"
 note "set up in $((SECONDS - START)) s; benchmarking ($MODE)"
 
 mkdir -p "$WORK/cni"

@@ -823,9 +823,16 @@ async fn stdin_fifo_eof_closes_stdin() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn terminal_output_and_resize() {
+    // The container waits (up to 30 s) until it sees the resize, instead
+    // of hoping that the resize lands within a fixed sleep.
     let mut f = Fixture::new(
         "tty",
-        &["sh", "-c", "sleep 1; stty size; echo tty-out"],
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ \"$(stty size 2>/dev/null)\" != '30 100' ] && [ $i -lt 600 ]; \
+             do sleep 0.05; i=$((i + 1)); done; stty size; echo tty-out",
+        ],
         true,
     );
     let address = f.start_shim(None);
