@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 /// The image of the container tests, served by the loopback registry.
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-/// The registry port of this suite.
-const REGISTRY_PORT: u16 = 5041;
 /// The unprivileged user that plays the attacker.
 const NOBODY: &str = "65534";
 
@@ -25,7 +23,7 @@ fn main() {
         "idle_metrics_connections_do_not_starve_the_cri",
         idle_metrics_connections_do_not_starve_the_cri,
     );
-    let registry = match Registry::start(REGISTRY_PORT, Some("e2e-test-images/busybox")) {
+    let registry = match Registry::start(Some("e2e-test-images/busybox")) {
         Ok(registry) => Some(registry),
         Err(e) => {
             println!("cannot start the loopback registry: {e}");
@@ -34,7 +32,7 @@ fn main() {
     };
     let mirrors = registry.as_ref().map(|r| r.mirrors_dir().to_owned());
     suite.run("container_state_is_unreachable_by_other_users", || {
-        let mirrors = mirrors.ok_or("no registry")?;
+        let mirrors = mirrors.clone().ok_or("no registry")?;
         with_berthd(
             BerthdOptions {
                 registry_config_path: Some(mirrors),
