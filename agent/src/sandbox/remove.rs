@@ -14,7 +14,7 @@ pub async fn remove(state: &Arc<Runtime>, id: &str) -> Result<()> {
     };
     stop::stop_locked(state, &record).await?;
     record.refresh();
-    crate::container::lifecycle::remove_all_in_sandbox(state, &record.id).await?;
+    crate::container::lifecycle::remove_all_in_sandbox(state, &record).await?;
     // Release again: a sandbox stopped before a crash may have been
     // half-released; every step is idempotent.
     teardown::discard(state, &record).await?;

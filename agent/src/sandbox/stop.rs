@@ -26,7 +26,7 @@ pub(super) async fn stop_locked(
         // Only recovery sees these; it removes them instead.
         return Ok(());
     }
-    crate::container::lifecycle::stop_all_in_sandbox(state, &record.id).await?;
+    crate::container::lifecycle::stop_all_in_sandbox(state, record).await?;
     teardown::release(&state.config.cni.bin_dirs, record).await?;
     if record.state == SandboxState::NotReady && record.network.as_ref().is_none_or(|n| n.detached)
     {
