@@ -103,7 +103,7 @@ pub enum Error {
     },
     /// A background task died.
     #[error("image service task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// Shorthand for results of this crate.

@@ -54,13 +54,17 @@ impl ImageRecord {
 /// Why the image store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageStoreError {
-    #[error("image store {path}: {reason}")]
-    Db { path: PathBuf, reason: String },
-    #[error("image store {path}: record {id} is unreadable: {reason}")]
+    #[error("image store {path}: {source}")]
+    Db {
+        path: PathBuf,
+        // Boxed: redb's error is large, and every image result carries it.
+        source: Box<redb::Error>,
+    },
+    #[error("image store {path}: record {id} is unreadable: {source}")]
     Record {
         path: PathBuf,
         id: String,
-        reason: String,
+        source: serde_json::Error,
     },
 }
 
@@ -77,7 +81,7 @@ impl ImageStore {
         let path = root.join("images.redb");
         let db = Database::create(&path).map_err(|e| ImageStoreError::Db {
             path: path.clone(),
-            reason: e.to_string(),
+            source: Box::new(e.into()),
         })?;
         let store = ImageStore { db, path };
         // Create both tables so readers never meet a missing one.
@@ -88,18 +92,18 @@ impl ImageStore {
         Ok(store)
     }
 
-    fn db_error(&self, e: impl std::fmt::Display) -> ImageStoreError {
+    fn db_error(&self, e: impl Into<redb::Error>) -> ImageStoreError {
         ImageStoreError::Db {
             path: self.path.clone(),
-            reason: e.to_string(),
+            source: Box::new(e.into()),
         }
     }
 
     fn decode(&self, id: &str, bytes: &[u8]) -> Result<ImageRecord, ImageStoreError> {
-        serde_json::from_slice(bytes).map_err(|e| ImageStoreError::Record {
+        serde_json::from_slice(bytes).map_err(|source| ImageStoreError::Record {
             path: self.path.clone(),
             id: id.to_owned(),
-            reason: e.to_string(),
+            source,
         })
     }
 

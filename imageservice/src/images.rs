@@ -457,7 +457,7 @@ impl Images {
                     .await
             }
         }
-        let applied = applier.await.map_err(|e| Error::Task(e.to_string()))?;
+        let applied = applier.await.map_err(Error::Task)?;
         downloaded?;
         applied?;
         if let Some(writer) = keeper {
@@ -643,7 +643,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(Error::Task)?
 }
 
 /// A layer flight this pull leads; waiting pulls learn the outcome. If the

@@ -23,12 +23,15 @@ pub struct NetworkConfigList {
 }
 
 /// Why no usable network configuration exists.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum CniConfigError {
     #[error("no network config found in {0}")]
     NoConfig(PathBuf),
-    #[error("cannot read CNI config directory {dir}: {reason}")]
-    ReadDir { dir: PathBuf, reason: String },
+    #[error("cannot read CNI config directory {dir}: {source}")]
+    ReadDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("CNI plugin binary `{plugin}` of network `{network}` not found in {dirs}")]
     MissingPlugin {
         network: String,
@@ -100,10 +103,10 @@ fn first_network(conf_dir: &Path) -> Result<NetworkConfigList, CniConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(CniConfigError::NoConfig(conf_dir.to_owned()))
         }
-        Err(e) => {
+        Err(source) => {
             return Err(CniConfigError::ReadDir {
                 dir: conf_dir.to_owned(),
-                reason: e.to_string(),
+                source,
             })
         }
     };
@@ -166,10 +169,10 @@ mod tests {
         let bins = bin_dir_with(&[]);
         let bin_dirs = [bins.path().to_owned()];
         let missing = Path::new("/nonexistent/net.d");
-        assert_eq!(
+        assert!(matches!(
             load_network(missing, &bin_dirs),
-            Err(CniConfigError::NoConfig(missing.to_owned()))
-        );
+            Err(CniConfigError::NoConfig(dir)) if dir == missing
+        ));
         let empty = tempfile::tempdir().expect("tempdir");
         assert!(matches!(
             load_network(empty.path(), &bin_dirs),
