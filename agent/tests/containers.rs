@@ -6,6 +6,7 @@
 
 mod common;
 
+use berth_e2e::leaks::{pids_running, process_exited};
 use berth_proto::cri::v1 as cri;
 use berth_proto::cri::v1::runtime_service_client::RuntimeServiceClient;
 use common::{
@@ -117,33 +118,10 @@ fn wait_for_file(path: &Path, needle: &str) -> String {
     }
 }
 
-/// Host PIDs of the live processes whose command line contains `needle`.
-fn pids_running(needle: &str) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
-        })
-        .filter(|pid| !exited(*pid))
-        .collect()
-}
-
-/// True when `pid` is gone or a zombie.
-fn exited(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-        stat.rsplit_once(") ")
-            .is_none_or(|(_, rest)| rest.starts_with(['Z', 'X']))
-    })
-}
-
 /// Waits until process `pid` (`what`) has exited.
 fn wait_exited(pid: i32, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !exited(pid) {
+    while !process_exited(pid) {
         assert!(Instant::now() < deadline, "{what} (pid {pid}) did not exit");
         std::thread::sleep(Duration::from_millis(50));
     }

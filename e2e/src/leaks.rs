@@ -37,6 +37,30 @@ pub fn processes_referring_to(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Host PIDs of the live (not zombie) processes whose command line
+/// contains `needle`.
+pub fn pids_running(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .filter(|pid| !process_exited(*pid))
+        .collect()
+}
+
+/// True when process `pid` is gone or a zombie.
+pub fn process_exited(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(") ")
+            .is_none_or(|(_, rest)| rest.starts_with(['Z', 'X']))
+    })
+}
+
 /// Everything leaked by a daemon that used `dir`, as readable lines.
 pub fn find(dir: &Path) -> Vec<String> {
     let mut found: Vec<String> = mounts_under(dir)

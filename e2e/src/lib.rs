@@ -626,3 +626,46 @@ fn suite_name() -> String {
         _ => stem,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_test_that_fails_once_passes_as_flaky_and_one_that_fails_twice_fails() {
+        let mut suite = Suite::new();
+        let mut calls = 0;
+        suite.run("flaky_one", || {
+            calls += 1;
+            if calls == 1 {
+                Err("first attempt".to_owned())
+            } else {
+                Ok(())
+            }
+        });
+        let mut broken_calls = 0;
+        suite.run("broken_one", || {
+            broken_calls += 1;
+            Err("always".to_owned())
+        });
+        suite.run("good_one", || Ok(()));
+        assert_eq!(calls, 2);
+        assert_eq!(broken_calls, 2);
+        assert_eq!(suite.passed, 2);
+        assert_eq!(suite.failed, ["broken_one"]);
+        assert_eq!(suite.flaky, ["flaky_one (1 of 2 attempts failed)"]);
+    }
+
+    #[test]
+    fn without_retry_runs_a_failed_test_once() {
+        let mut suite = Suite::without_retry();
+        let mut calls = 0;
+        suite.run("once", || {
+            calls += 1;
+            Err("no".to_owned())
+        });
+        assert_eq!(calls, 1);
+        assert_eq!(suite.failed, ["once"]);
+        assert!(suite.flaky.is_empty());
+    }
+}

@@ -193,3 +193,24 @@ fn names_in(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_taken_once_and_taken_over_from_dead_processes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let claim = dir.path().join("7");
+        assert!(take_claim(&claim).expect("claim"));
+        assert_eq!(
+            std::fs::read_to_string(&claim).expect("read"),
+            std::process::id().to_string()
+        );
+        // Held by a live process (us): not ours to take.
+        assert!(!take_claim(&claim).expect("claim"));
+        // Held by a PID that does not exist: taken over.
+        std::fs::write(&claim, "0").expect("write");
+        assert!(take_claim(&claim).expect("claim"));
+    }
+}

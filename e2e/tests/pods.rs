@@ -2,6 +2,7 @@
 //! `pods`, `inspectp`, `stopp`, `rmp`, and a `kill -9` of berthd with pods
 //! running. Each test stops its daemon and checks for leaks.
 
+use berth_e2e::leaks::{pids_running, process_exited};
 use berth_e2e::{wait_until, Berthd, BerthdOptions, Registry, Suite, TestResult};
 use std::path::Path;
 use std::time::Duration;
@@ -350,9 +351,30 @@ fn containers_survive_kill_9(berthd: &mut Berthd) -> TestResult {
         "tick",
         &["sh", "-c", "while true; do echo tick; sleep 0.2; done"],
     )?;
-    let (_, quitter) = run_container(berthd, "quitter", "quit", &["sh", "-c", "sleep 2; exit 3"])?;
+    // Exits when told (by a file put into its /tmp), so the exit certainly
+    // falls while berthd is down.
+    const EXIT_NOW: &str = "/tmp/berth-e2e-kill9-exit-now";
+    let (_, quitter) = run_container(
+        berthd,
+        "quitter",
+        "quit",
+        &[
+            "sh",
+            "-c",
+            "until [ -e /tmp/berth-e2e-kill9-exit-now ]; do sleep 0.05; done; exit 3",
+        ],
+    )?;
+    let quitting = pids_running(EXIT_NOW);
+    ensure(quitting.len() == 1, || {
+        format!("the quitting container's process: {quitting:?}")
+    })?;
     berthd.kill9()?;
-    std::thread::sleep(Duration::from_secs(3));
+    std::fs::write(format!("/proc/{}/root{EXIT_NOW}", quitting[0]), "")
+        .map_err(|e| format!("cannot tell the container to exit: {e}"))?;
+    ensure(
+        wait_until(Duration::from_secs(20), || process_exited(quitting[0])),
+        || "the quitting container did not exit".to_owned(),
+    )?;
     berthd.restart()?;
 
     let ticking = inspect(berthd, &ticker)?;

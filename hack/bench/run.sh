@@ -79,7 +79,12 @@ fi
 WORK=$(mktemp -d /tmp/berth-bench.XXXXXX)
 chmod 0711 "$WORK"
 mkdir -p "$WORK/pids"
-bridge_existed=$(ip link show "$BRIDGE" >/dev/null 2>&1 && echo 1 || true)
+# The lock above makes the bridge this run's alone: one that exists now is
+# the leftover of a run that died (its state, e.g. its MAC, may be broken).
+if ip link show "$BRIDGE" >/dev/null 2>&1; then
+    note "removing the bridge $BRIDGE an earlier run left"
+    ip link del "$BRIDGE"
+fi
 run_containerd_existed=$([ -d /run/containerd ] && echo 1 || true)
 netns_before=$(ip netns list 2>/dev/null | awk '{print $1}' | sort)
 
@@ -140,7 +145,7 @@ cleanup() {
     if [ -z "$run_containerd_existed" ]; then
         rmdir /run/containerd/s /run/containerd 2>/dev/null
     fi
-    if [ -z "$bridge_existed" ] && ip link show "$BRIDGE" >/dev/null 2>&1; then
+    if ip link show "$BRIDGE" >/dev/null 2>&1; then
         ip link del "$BRIDGE"
     fi
     # Network namespaces: the pods of both runtimes must be gone.  Others
