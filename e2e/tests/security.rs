@@ -41,6 +41,16 @@ fn main() {
             container_state_is_unreachable,
         )
     });
+    suite.run("hostile_log_paths_and_profiles_are_refused_at_once", || {
+        let mirrors = mirrors.clone().ok_or("no registry")?;
+        with_berthd(
+            BerthdOptions {
+                registry_config_path: Some(mirrors),
+                ..BerthdOptions::default()
+            },
+            hostile_log_paths_and_profiles,
+        )
+    });
     drop(registry);
     suite.finish();
 }
@@ -495,4 +505,108 @@ fn pod_json(berthd: &Berthd) -> Result<String, String> {
             "linux": {}
         }),
     )
+}
+
+/// How long a refusal may take: a blocking open would take crictl's 60 s.
+const PROMPTLY: Duration = Duration::from_secs(15);
+
+fn hostile_log_paths_and_profiles(berthd: &Berthd) -> TestResult {
+    berthd.crictl_ok(&["pull", BUSYBOX])?;
+    let log_dir = berthd.dir().join("logs/hostile");
+    std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
+    let pod_config = write_json(
+        berthd,
+        "pod",
+        serde_json::json!({
+            "metadata": {"name": "hostile", "namespace": "berth-e2e", "uid": "uid-hostile", "attempt": 0},
+            "hostname": "hostile",
+            "log_directory": log_dir,
+            "linux": {}
+        }),
+    )?;
+    let pod = berthd.crictl_ok(&["runp", &pod_config])?.trim().to_owned();
+    let fifo = |path: &Path| {
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU)
+            .map_err(|e| format!("mkfifo {}: {e}", path.display()))
+    };
+    fifo(&log_dir.join("fifo.log"))?;
+    let profile_fifo = berthd.dir().join("profile-fifo.json");
+    fifo(&profile_fifo)?;
+    let escaped = berthd.dir().join("escaped.log");
+    let absolute = berthd.dir().join("absolute.log");
+
+    let with_log = |name: &str, log_path: &str| {
+        serde_json::json!({
+            "metadata": {"name": name},
+            "image": {"image": BUSYBOX},
+            "command": ["sh", "-c", "echo written; exec sleep 1000"],
+            "log_path": log_path,
+            "linux": {}
+        })
+    };
+    let with_profile = |name: &str, profile: &Path| {
+        serde_json::json!({
+            "metadata": {"name": name},
+            "image": {"image": BUSYBOX},
+            "command": ["sleep", "1000"],
+            "linux": {"security_context": {"seccomp": {
+                "profile_type": 2, "localhost_ref": profile
+            }}}
+        })
+    };
+    let cases = [
+        (
+            "an escaping log path",
+            with_log("escape", "../../escaped.log"),
+            "log_path",
+        ),
+        (
+            "an absolute log path",
+            with_log("absolute", &absolute.to_string_lossy()),
+            "log_path",
+        ),
+        ("a FIFO log path", with_log("fifo", "fifo.log"), ""),
+        (
+            "a FIFO seccomp profile",
+            with_profile("profile-fifo", &profile_fifo),
+            "not a regular file",
+        ),
+        (
+            "/dev/zero as seccomp profile",
+            with_profile("profile-zero", Path::new("/dev/zero")),
+            "not a regular file",
+        ),
+    ];
+    for (what, config, reason) in cases {
+        let name = config["metadata"]["name"]
+            .as_str()
+            .unwrap_or("c")
+            .to_owned();
+        let path = write_json(berthd, &format!("container-{name}"), config)?;
+        let started = Instant::now();
+        let created = berthd.crictl(&["create", &pod, &path, &pod_config])?;
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&created.stderr);
+        // A created one must not start either (the log opens at create).
+        let started_too = created.status.success()
+            && berthd
+                .crictl(&["start", String::from_utf8_lossy(&created.stdout).trim()])?
+                .status
+                .success();
+        ensure(!created.status.success() || !started_too, || {
+            format!("{what} was accepted")
+        })?;
+        ensure(took < PROMPTLY, || {
+            format!("{what}: refused only after {took:?}")
+        })?;
+        ensure(stderr.contains(reason), || format!("{what}: {stderr}"))?;
+    }
+    ensure(!escaped.exists() && !absolute.exists(), || {
+        "a container log was written outside the pod's log directory".to_owned()
+    })?;
+    // The pod is not held up by any of it.
+    let started = Instant::now();
+    berthd.crictl_ok(&["stopp", &pod])?;
+    let took = started.elapsed();
+    ensure(took < PROMPTLY, || format!("StopPodSandbox took {took:?}"))
 }

@@ -120,14 +120,7 @@ async fn create_task(
                 format!("the pod's handler {handler:?} is no longer configured"),
             )
         })?;
-    let log_path = if sandbox.config.log_directory.is_empty() || config.log_path.is_empty() {
-        String::new()
-    } else {
-        Path::new(&sandbox.config.log_directory)
-            .join(&config.log_path)
-            .display()
-            .to_string()
-    };
+    let log_path = log_path(&sandbox.config.log_directory, &config.log_path)?;
     let stop_signal = stop_signal(&config, &image_config.stop_signal);
     let resources = config
         .linux
@@ -207,6 +200,30 @@ async fn create_task(
 
 /// The signal StopContainer sends first: the CRI's, else the image's, else
 /// SIGTERM.
+/// The CRI log file, `log_directory/log_path`, which must stay inside the
+/// pod's log directory: the shim writes it as root. kubelet sends a
+/// relative `<name>/<attempt>.log`; an absolute path or `..` is refused.
+fn log_path(log_directory: &str, log_path: &str) -> Result<String> {
+    use std::path::Component;
+    if log_directory.is_empty() || log_path.is_empty() {
+        return Ok(String::new());
+    }
+    let relative = Path::new(log_path);
+    if !relative
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(Error::invalid(
+            "log_path",
+            format!("{log_path:?} must be a relative path inside the pod's log directory"),
+        ));
+    }
+    Ok(Path::new(log_directory)
+        .join(relative)
+        .display()
+        .to_string())
+}
+
 fn stop_signal(config: &cri::ContainerConfig, image: &str) -> String {
     let cri_signal = cri::Signal::try_from(config.stop_signal)
         .ok()
@@ -474,6 +491,26 @@ pub(super) async fn persist(state: &Arc<Runtime>, record: ContainerRecord) -> Re
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn log_paths_stay_in_the_pod_log_directory() {
+        let dir = "/var/log/pods/ns_pod_uid";
+        assert_eq!(
+            super::log_path(dir, "app/0.log").expect("kubelet's form"),
+            "/var/log/pods/ns_pod_uid/app/0.log"
+        );
+        assert_eq!(super::log_path("", "app/0.log").expect("no dir"), "");
+        assert_eq!(super::log_path(dir, "").expect("no path"), "");
+        for bad in ["../../etc/cron.d/x", "/etc/passwd", "app/../../x.log", ".."] {
+            let err = super::log_path(dir, bad).expect_err(bad);
+            assert!(err.to_string().contains("log_path"), "{bad}: {err}");
+            assert_eq!(
+                tonic::Status::from(err).code(),
+                tonic::Code::InvalidArgument,
+                "{bad}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

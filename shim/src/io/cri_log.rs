@@ -175,16 +175,29 @@ impl CriLog {
     }
 }
 
+/// Opens the log for appending (0640 when created, as containerd's). The
+/// path comes from the pod spec: a symlink is not followed, and anything
+/// but a regular file is refused, opened non-blocking so that a FIFO fails
+/// at once instead of hanging the create.
 fn open_append(path: &Path) -> Result<File> {
-    OpenOptions::new()
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        .map_err(io)?;
+    if !file.metadata().map_err(io)?.is_file() {
+        return Err(Error::InvalidArgument(format!(
+            "container log {} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(file)
 }
 
 /// Copies `src` into `log` as `stream` until EOF. A pty master reports EIO
@@ -239,6 +252,35 @@ mod tests {
     use time::format_description::well_known::Rfc3339;
 
     use super::*;
+
+    #[test]
+    fn only_regular_files_are_opened_and_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        // A reader, so that the non-blocking open itself succeeds.
+        let _reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .expect("reader");
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"").expect("write");
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let unread = dir.path().join("unread-fifo.log");
+        nix::unistd::mkfifo(&unread, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        for path in [&fifo, &link, &unread, &dir.path().to_owned()] {
+            let started = std::time::Instant::now();
+            assert!(CriLog::open(path).is_err(), "{}", path.display());
+            assert!(started.elapsed() < Duration::from_secs(2));
+        }
+        let log = dir.path().join("ok.log");
+        CriLog::open(&log).expect("a regular file");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&log).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+    }
 
     fn split(max: usize, feeds: &[&[u8]], eof: bool) -> Vec<(Tag, Vec<u8>)> {
         let mut out = Vec::new();

@@ -128,8 +128,39 @@ fn load(field: &'static str, path: &Path) -> Result<LinuxSeccomp, SpecError> {
         path: path.to_owned(),
         reason,
     };
-    let text = std::fs::read(path).map_err(|e| error(format!("cannot read it: {e}")))?;
+    let text = read_profile(path).map_err(error)?;
     serde_json::from_slice(&text).map_err(|e| error(format!("not an OCI seccomp profile: {e}")))
+}
+
+/// The largest profile read: real ones are tens of KiB, and the path comes
+/// from the pod spec (`/dev/zero` would be read forever).
+const MAX_PROFILE_BYTES: u64 = 1 << 20;
+
+/// Reads a profile from a regular file only: opened non-blocking (a FIFO
+/// would hang the request, and the pod's lock with it), at most
+/// [`MAX_PROFILE_BYTES`].
+fn read_profile(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    let mut text = Vec::new();
+    file.take(MAX_PROFILE_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if text.len() as u64 > MAX_PROFILE_BYTES {
+        return Err(format!("larger than {MAX_PROFILE_BYTES} bytes"));
+    }
+    Ok(text)
 }
 
 /// The syscalls every container may make.
@@ -854,6 +885,32 @@ mod tests {
             "{err}"
         );
         assert!(err.is_invalid_argument());
+    }
+
+    #[test]
+    fn localhost_profiles_are_read_from_regular_files_of_bounded_size() {
+        use cri::security_profile::ProfileType as T;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; MAX_PROFILE_BYTES as usize + 1]).expect("write");
+        for (path, why) in [
+            (fifo.as_path(), "not a regular file"),
+            (Path::new("/dev/zero"), "not a regular file"),
+            (dir.path(), "not a regular file"),
+            (big.as_path(), "larger than"),
+        ] {
+            let started = std::time::Instant::now();
+            let err = resolve(
+                &with_seccomp(T::Localhost, path.to_str().expect("utf-8")),
+                &DEFAULT,
+            )
+            .expect_err("refused");
+            assert!(started.elapsed() < std::time::Duration::from_secs(2));
+            assert!(err.is_invalid_argument(), "{err}");
+            assert!(err.to_string().contains(why), "{}: {err}", path.display());
+        }
     }
 
     #[test]
