@@ -491,12 +491,11 @@ impl Snapshotter {
         // and commit while we look.
         let tx = self.meta.write()?;
         let live: HashSet<u64> = tx.all()?.iter().map(|(_, r)| r.id).collect();
-        let in_flight = self
-            .in_flight
-            .lock()
-            .expect("in-flight set poisoned")
-            .clone();
+        // Held through the sweep: a creation staged after a copy of the set
+        // was taken would have its `new-*` directory swept from under it.
+        let in_flight = self.in_flight.lock().expect("in-flight set poisoned");
         let removed = recovery::sweep(&self.dirs.snapshots, &live, &in_flight)?;
+        drop(in_flight);
         drop(tx);
         Ok(removed)
     }
