@@ -228,7 +228,7 @@ fn stop_signal(config: &cri::ContainerConfig, image: &str) -> String {
 
 /// What the blocking part learned.
 struct Prepared {
-    mounts: Vec<berth_snapshotter::Mount>,
+    mounts: Vec<berth_mount::Mount>,
     user: ProcessUser,
     cgroup_path: String,
 }
@@ -443,7 +443,7 @@ fn prepare_bundle(
 /// one runc is setting up at that moment, gets a copy that would keep it
 /// busy), and it disappears with the thread.
 fn read_image_users(
-    mounts: &[berth_snapshotter::Mount],
+    mounts: &[berth_mount::Mount],
     rootfs: &Path,
 ) -> Result<ImageUsers, ContainerError> {
     use nix::mount::{mount, MsFlags};
@@ -463,7 +463,7 @@ fn read_image_users(
                 None::<&str>,
             )
             .map_err(private)?;
-            berth_snapshotter::mount_all(&mounts, &target).map_err(ContainerError::from)?;
+            berth_mount::mount_all(&mounts, &target).map_err(ContainerError::from)?;
             ImageUsers::read(&target).map_err(ContainerError::from)
             // The thread, its mount namespace and the mount end here.
         })

@@ -163,6 +163,8 @@ pub enum ContainerError {
     #[error(transparent)]
     Snapshot(#[from] berth_snapshotter::Error),
     #[error(transparent)]
+    Mount(#[from] berth_mount::Error),
+    #[error(transparent)]
     Shim(#[from] ShimError),
     #[error("{path}: {source}")]
     Io {
@@ -192,7 +194,9 @@ impl ContainerError {
             Self::Shim(e) => e.grpc_code(),
             Self::ExecTimeout { .. } => tonic::Code::DeadlineExceeded,
             Self::Abandoned => tonic::Code::Cancelled,
-            Self::Spec(_) | Self::Snapshot(_) | Self::Io { .. } => tonic::Code::Internal,
+            Self::Spec(_) | Self::Snapshot(_) | Self::Mount(_) | Self::Io { .. } => {
+                tonic::Code::Internal
+            }
         }
     }
 }
