@@ -108,9 +108,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
 
 /// Creates `path` owner-only, or tightens it to 0700 when it exists
 /// looser: everything of every container lives under the root and state
-/// dirs (see [`berth_snapshotter::owner_only`]).
+/// dirs (see [`berth_owner_only`]).
 fn create_private_dir(path: &Path) -> Result<()> {
-    berth_snapshotter::owner_only::create_dir_all(path).map_err(|source| Error::CreateDir {
+    berth_owner_only::create_dir_all(path).map_err(|source| Error::CreateDir {
         path: path.to_owned(),
         source,
     })

@@ -15,10 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn is_pinned(path: &Path) -> bool {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| Path::new(m) == path)
+    let table = berth_mount::mountinfo::read_self().expect("mountinfo");
+    table.iter().any(|m| m.mount_point == path)
 }
 
 /// A TCP server inside the network namespace at `netns` that answers
@@ -748,5 +746,47 @@ async fn pod_resources_are_recorded_and_survive_a_restart() {
     assert_eq!(info["resources"]["memoryLimitInBytes"], 256 << 20, "{info}");
     assert_eq!(info["overhead"]["cpuShares"], 10, "{info}");
     remove_pod(client, &id).await;
+    daemon.finish().await;
+}
+
+/// A sandbox directory that a crash left without a record, with mounts
+/// whose paths hold a space, a tab and a backslash (mountinfo writes them
+/// as `\040`, `\011`, `\134`): start-up recovery finds the mounts, unmounts
+/// them and removes the directory, without deleting through a mount.
+#[tokio::test(flavor = "multi_thread")]
+async fn orphan_sandbox_dirs_with_escaped_paths_are_unmounted_and_removed() {
+    use berth_agent::sandbox::{files, teardown};
+    let mut daemon = Daemon::start(11, Options::default()).await;
+    daemon.shutdown().await;
+    let orphan = daemon
+        .state_dir()
+        .join("sandboxes")
+        .join("orphan with space");
+    let shm = orphan.join("shm");
+    files::mount_shm(&shm, 1024 * 1024).expect("mount");
+    let nested = shm.join("tab\tand\\backslash");
+    files::mount_shm(&nested, 1024 * 1024).expect("mount");
+    std::fs::write(nested.join("keep"), b"x").expect("write");
+    let mounted = || {
+        let table = berth_mount::mountinfo::read_self().expect("mountinfo");
+        berth_mount::mountinfo::under(&table, &orphan)
+            .map(|m| m.mount_point.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(mounted(), [shm.clone(), nested.clone()]);
+
+    // The safety check of teardown sees the mounts too.
+    let err = teardown::remove_dir(&orphan)
+        .await
+        .expect_err("refuses while mounted");
+    assert!(err.to_string().contains("still mounted"), "{err}");
+    assert!(
+        nested.join("keep").exists(),
+        "nothing deleted through a mount"
+    );
+
+    daemon.restart().await;
+    assert_eq!(mounted(), Vec::<PathBuf>::new());
+    assert!(!orphan.exists(), "recovery removed the orphan directory");
     daemon.finish().await;
 }

@@ -6,13 +6,13 @@
 
 use std::path::Path;
 
-/// Mount points at or below `dir`.
+/// Mount points at or below `dir`. Read with berth-mount's parser, the
+/// one that undoes mountinfo's octal escapes (`\040` for a space): a
+/// leaked mount with a space in its path is still found.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .filter(|mount_point| Path::new(mount_point).starts_with(dir))
-        .map(str::to_owned)
+    let table = berth_mount::mountinfo::read_self().expect("read /proc/self/mountinfo");
+    berth_mount::mountinfo::under(&table, dir)
+        .map(|m| m.mount_point.to_string_lossy().into_owned())
         .collect()
 }
 

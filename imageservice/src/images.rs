@@ -86,11 +86,9 @@ impl Images {
         let content = Store::open(config.root.join("content")).await?;
         let root = config.root.clone();
         let (snapshotter, records) = blocking(move || {
-            berth_snapshotter::owner_only::create_dir_all(&root).map_err(|source| {
-                Error::Local {
-                    path: root.clone(),
-                    source,
-                }
+            berth_owner_only::create_dir_all(&root).map_err(|source| Error::Local {
+                path: root.clone(),
+                source,
             })?;
             let snapshotter = Snapshotter::open(root.join("snapshotter"))?;
             let records = ImageStore::open(&root)?;

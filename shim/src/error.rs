@@ -74,7 +74,7 @@ pub enum Error {
     },
 
     #[error(transparent)]
-    Mount(#[from] crate::mount::MountError),
+    Mount(#[from] berth_mount::Error),
 
     #[error("ttrpc: {0}")]
     Ttrpc(#[from] ttrpc::Error),

@@ -18,7 +18,7 @@
 //! one, pid 0 and status 137 = 128 + SIGKILL, as containerd's runc shim).
 //! It refuses while the shim still answers: then use the task API.
 
-use berth_snapshotter::owner_only;
+use berth_owner_only as owner_only;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;

@@ -4,7 +4,7 @@
 //! containerd shim v2 actions ([`flags`] parses the command line): `start`
 //! and `delete` ([`launcher`]) run briefly; without an action the binary is
 //! the shim server ([`service`]), which serves the task API ([`task`]) over
-//! ttrpc, mounts the rootfs ([`mount`]), drives runc or crun
+//! ttrpc, mounts the rootfs (with berth-mount), drives runc or crun
 //! ([`oci_runtime`], chosen by [`options`]), copies stdio and writes CRI
 //! logs ([`io`]), reaps exits ([`reaper`], [`process`]),
 //! persists `exit.json` ([`bundle`]), reports cgroup stats ([`stats`]) and
@@ -38,7 +38,6 @@ mod events;
 mod flags;
 mod io;
 mod launcher;
-mod mount;
 mod oci_runtime;
 mod options;
 mod process;

@@ -293,9 +293,10 @@ impl Fixture {
             .collect();
         assert!(sockets.is_empty(), "sockets left: {sockets:?}");
         let rootfs = self.bundle().join("rootfs");
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        assert!(
-            !mounts.contains(rootfs.to_str().expect("utf-8")),
+        let table = berth_mount::mountinfo::read_self().expect("mountinfo");
+        assert_eq!(
+            berth_mount::mountinfo::under(&table, &rootfs).count(),
+            0,
             "rootfs still mounted"
         );
     }

@@ -83,8 +83,9 @@ pub enum Error {
         found: u64,
         supported: u64,
     },
+    /// Reading the mount table (for [`FsUsage`](crate::FsUsage)).
     #[error(transparent)]
-    Mount(#[from] crate::mount::MountError),
+    MountTable(#[from] berth_mount::Error),
     #[error(transparent)]
     Apply(#[from] crate::apply::ApplyError),
     /// A crash simulated by the unit tests.

@@ -3,15 +3,14 @@
 //!
 //! Layout: [`Snapshotter`] (this file) keeps snapshots in containerd's model
 //! and is the only way to change the store; `metadata.rs` holds the records
-//! in redb; `overlay.rs` turns a snapshot into [`Mount`]s, which `mount.rs`
-//! can mount; `apply.rs` writes a layer's tar stream into a snapshot
+//! in redb; `overlay.rs` turns a snapshot into [`Mount`]s (berth-mount's,
+//! which also mounts them); `apply.rs` writes a layer's tar stream into a snapshot
 //! ([`apply_layer`]), refusing anything that would escape it; `tree.rs` walks
 //! and removes directory trees without following symlinks; `usage.rs`
 //! measures [`Usage`] and [`FsUsage`]; `gc.rs` collects unreferenced
 //! snapshots ([`Snapshotter::gc`]); `recovery.rs` sweeps what a crash left
-//! behind; `error.rs` has [`Error`]; [`owner_only`] makes the 0700
-//! directories and 0600 files that berth keeps about containers, here and
-//! in the crates that link this one.
+//! behind; `error.rs` has [`Error`]. Directories and files are made
+//! owner-only through `berth-owner-only`.
 //!
 //! # Model
 //!
@@ -69,21 +68,22 @@
 //!
 //! overlayfs stacks at most 500 lower layers, and mount(2) takes one page
 //! (4096 bytes) of options: with a root like `/var/lib/berth/snapshots` about
-//! 90 layers fit, which is why the root should be short. The root may not
-//! contain `,`, `:` or newlines, which would split the options.
+//! 90 absolute lower directories fit. Longer chains are mounted with
+//! `lowerdir` relative to `snapshots/` (`12/fs:11/fs:…`, see berth-mount),
+//! which fits some 400 layers with five-digit ids. The root may not contain
+//! `,`, `:` or newlines, which would split the options.
 #![forbid(unsafe_code)]
 
 mod apply;
 mod error;
 mod gc;
 mod metadata;
-mod mount;
 mod overlay;
-pub mod owner_only;
 mod recovery;
 mod tree;
 mod usage;
 
+use berth_owner_only as owner_only;
 use std::collections::HashSet;
 use std::fs::{self, DirBuilder, File};
 use std::os::fd::AsFd;
@@ -93,11 +93,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use berth_mount::Mount;
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
 pub use apply::{apply_layer, ApplyError, ApplyStats};
 pub use error::{Error, Result};
-pub use mount::{mount_all, unmount, Mount, MountError};
 pub use tree::Usage;
 pub use usage::FsUsage;
 
@@ -490,12 +490,11 @@ impl Snapshotter {
         // and commit while we look.
         let tx = self.meta.write()?;
         let live: HashSet<u64> = tx.all()?.iter().map(|(_, r)| r.id).collect();
-        let in_flight = self
-            .in_flight
-            .lock()
-            .expect("in-flight set poisoned")
-            .clone();
+        // Held through the sweep: a creation staged after a copy of the set
+        // was taken would have its `new-*` directory swept from under it.
+        let in_flight = self.in_flight.lock().expect("in-flight set poisoned");
         let removed = recovery::sweep(&self.dirs.snapshots, &live, &in_flight)?;
+        drop(in_flight);
         drop(tx);
         Ok(removed)
     }

@@ -17,7 +17,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{Error, Kind, Mount, Result};
+use berth_mount::Mount;
+
+use crate::{Error, Kind, Result};
 
 /// overlayfs refuses more lower layers than this (`OVL_MAX_STACK`).
 pub(crate) const MAX_LAYERS: usize = 500;

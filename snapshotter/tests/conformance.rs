@@ -14,9 +14,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_snapshotter::{
-    apply_layer, mount_all, unmount, Committed, Error, Kind, Mount, Snapshotter,
-};
+use berth_mount::{mount_all, mountinfo, unmount, Mount};
+use berth_snapshotter::{apply_layer, Committed, Error, Kind, Snapshotter};
 use nix::mount::{umount2, MntFlags};
 use tar::{EntryType, Header};
 
@@ -85,14 +84,10 @@ impl Drop for Fixture {
     }
 }
 
-fn mounts_below(dir: &Path) -> Vec<String> {
-    let dir = dir.to_str().expect("utf-8 temp dir");
-    fs::read_to_string("/proc/self/mountinfo")
-        .expect("read mountinfo")
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|mp| mp.starts_with(dir))
-        .map(str::to_owned)
+fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let table = mountinfo::read_self().expect("read mountinfo");
+    mountinfo::under(&table, dir)
+        .map(|m| m.mount_point.clone())
         .collect()
 }
 
@@ -656,11 +651,10 @@ fn usage_numbers_are_plausible() {
     assert!(total.used_bytes >= usage.bytes + base.bytes, "{total:?}");
     assert!(total.used_inodes >= usage.inodes + base.inodes, "{total:?}");
     assert!(f.sn.root().starts_with(&total.mountpoint), "{total:?}");
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let mp = total.mountpoint.to_str().expect("utf-8");
+    let table = mountinfo::read_self().expect("mountinfo");
     assert!(
-        mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(mp)),
-        "{mp}"
+        table.iter().any(|m| m.mount_point == total.mountpoint),
+        "{total:?}"
     );
     assert!(total.available_bytes <= total.total_bytes && total.free_inodes <= total.total_inodes);
     f.finish();
@@ -853,5 +847,42 @@ fn gc_keeps_what_containers_use() {
             .count(),
         0
     );
+    f.finish();
+}
+
+/// More layers than one page of absolute lower directories can name (the
+/// temp root is long): the mounts still work, with `lowerdir` shortened.
+#[test]
+fn images_deeper_than_one_page_of_options_mount() {
+    let mut f = Fixture::new();
+    const LAYERS: usize = 150;
+    let mut parent: Option<String> = None;
+    for i in 0..LAYERS {
+        let key = format!("extract-{i}");
+        let dir = f.sn.prepare_layer(&key).expect("prepare layer");
+        fs::write(dir.join(format!("layer-{i}")), i.to_string()).expect("write");
+        fs::write(dir.join("top"), i.to_string()).expect("write");
+        let name = format!("chain-{i}");
+        f.sn.commit_layer(&key, &name, parent.as_deref())
+            .expect("commit layer");
+        parent = Some(name);
+    }
+    let top = parent.expect("layers");
+    let view = f.sn.view("view", Some(&top)).expect("view");
+    let lowerdir = view[0]
+        .options
+        .iter()
+        .find(|o| o.starts_with("lowerdir="))
+        .expect("an overlay");
+    assert!(lowerdir.len() > 4096, "{} bytes", lowerdir.len());
+    let v = f.mount(&view);
+    assert_eq!(read(&v.join("layer-0")), "0");
+    assert_eq!(read(&v.join("top")), (LAYERS - 1).to_string());
+    let container = f.sn.prepare("container", Some(&top)).expect("prepare");
+    let c = f.mount(&container);
+    fs::write(c.join("top"), "container").expect("copy-up write");
+    assert_eq!(read(&v.join("top")), (LAYERS - 1).to_string());
+    f.unmount(&c);
+    f.unmount(&v);
     f.finish();
 }

@@ -61,6 +61,8 @@ pub enum CgroupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Mountinfo(#[from] berth_mount::Error),
     #[error("no cgroup filesystem is mounted")]
     NotMounted,
     #[error(
@@ -90,23 +92,19 @@ impl CgroupLayout {
     pub fn from_mountinfo(text: &str) -> Result<Self, CgroupError> {
         let mut hierarchies = Vec::new();
         let mut unified = None;
-        for line in text.lines() {
-            let Some(mount) = MountinfoLine::parse(line) else {
-                continue;
-            };
-            match mount.fstype {
+        for mount in berth_mount::mountinfo::parse(text.as_bytes())? {
+            match mount.fs_type.as_str() {
                 // The unified mount at the cgroup root wins over any other.
                 "cgroup2"
                     if unified.is_none() || mount.mount_point == Path::new("/sys/fs/cgroup") =>
                 {
-                    unified = Some(mount.mount_point.clone());
+                    unified = Some(mount.mount_point);
                 }
                 "cgroup" => {
                     let controllers = mount
                         .super_options
-                        .split(',')
-                        .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains('='))
-                        .map(str::to_owned)
+                        .into_iter()
+                        .filter(|o| !matches!(o.as_str(), "rw" | "ro") && !o.contains('='))
                         .collect();
                     hierarchies.push((mount.mount_point, controllers));
                 }
@@ -275,49 +273,6 @@ pub fn choose_driver(
 /// systemd's own test for "booted with systemd" (sd_booted(3)).
 pub fn systemd_running() -> bool {
     Path::new("/run/systemd/system").is_dir()
-}
-
-/// The fields of one mountinfo line that berth needs (proc(5)).
-struct MountinfoLine<'a> {
-    mount_point: PathBuf,
-    fstype: &'a str,
-    super_options: &'a str,
-}
-
-impl<'a> MountinfoLine<'a> {
-    fn parse(line: &'a str) -> Option<Self> {
-        let (before, after) = line.split_once(" - ")?;
-        let mount_point = before.split(' ').nth(4)?;
-        let mut after = after.split(' ');
-        let fstype = after.next()?;
-        let _source = after.next()?;
-        let super_options = after.next().unwrap_or("");
-        Some(Self {
-            mount_point: PathBuf::from(unescape_octal(mount_point)),
-            fstype,
-            super_options,
-        })
-    }
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            let digits = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("");
-            if let Ok(value) = u8::from_str_radix(digits, 8) {
-                out.push(value);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

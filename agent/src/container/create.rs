@@ -28,8 +28,8 @@ use crate::runtime::Runtime;
 use crate::sandbox::{files, now_nanos, random_id, SandboxError, SandboxRecord, SandboxState};
 use crate::shim_client::{self, ShimClient};
 use crate::{Error, Result};
+use berth_owner_only as owner_only;
 use berth_proto::cri::v1 as cri;
-use berth_snapshotter::owner_only;
 use containerd_shim_protos::api::CreateTaskRequest;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -236,7 +236,7 @@ fn stop_signal(config: &cri::ContainerConfig, image: &str) -> String {
 
 /// What the blocking part learned.
 struct Prepared {
-    mounts: Vec<berth_snapshotter::Mount>,
+    mounts: Vec<berth_mount::Mount>,
     user: ProcessUser,
     cgroup_path: String,
 }
@@ -447,7 +447,7 @@ fn prepare_bundle(
 /// one runc is setting up at that moment, gets a copy that would keep it
 /// busy), and it disappears with the thread.
 fn read_image_users(
-    mounts: &[berth_snapshotter::Mount],
+    mounts: &[berth_mount::Mount],
     rootfs: &Path,
 ) -> Result<ImageUsers, ContainerError> {
     use nix::mount::{mount, MsFlags};
@@ -467,7 +467,7 @@ fn read_image_users(
                 None::<&str>,
             )
             .map_err(private)?;
-            berth_snapshotter::mount_all(&mounts, &target).map_err(ContainerError::from)?;
+            berth_mount::mount_all(&mounts, &target).map_err(ContainerError::from)?;
             ImageUsers::read(&target).map_err(ContainerError::from)
             // The thread, its mount namespace and the mount end here.
         })

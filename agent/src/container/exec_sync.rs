@@ -192,8 +192,7 @@ struct ExecIo {
 
 impl ExecIo {
     fn new(dir: &Path) -> Result<Self> {
-        berth_snapshotter::owner_only::create_dir_all(dir)
-            .map_err(|e| ContainerError::io(dir, e))?;
+        berth_owner_only::create_dir_all(dir).map_err(|e| ContainerError::io(dir, e))?;
         let mut io = Self {
             dir: dir.to_owned(),
             stdout: dir.join("stdout"),

@@ -121,7 +121,7 @@ pub fn mount_all(
                 volume.top.as_deref(),
             )
             .map_err(ContainerError::from)?;
-        berth_snapshotter::mount_all(&mounts, &target).map_err(ContainerError::from)?;
+        berth_mount::mount_all(&mounts, &target).map_err(ContainerError::from)?;
         sources.insert(volume.index, sub_path_inside(&target, volume)?);
     }
     Ok(sources)

@@ -172,6 +172,8 @@ pub enum ContainerError {
     #[error(transparent)]
     Snapshot(#[from] berth_snapshotter::Error),
     #[error(transparent)]
+    Mount(#[from] berth_mount::Error),
+    #[error(transparent)]
     Shim(#[from] ShimError),
     #[error("{path}: {source}")]
     Io {
@@ -202,7 +204,7 @@ impl ContainerError {
             Self::Shim(e) => e.kind(),
             Self::ExecTimeout { .. } => ErrorKind::DeadlineExceeded,
             Self::Abandoned => ErrorKind::Cancelled,
-            Self::Snapshot(_) | Self::Io { .. } => ErrorKind::Internal,
+            Self::Snapshot(_) | Self::Mount(_) | Self::Io { .. } => ErrorKind::Internal,
         }
     }
 }

@@ -24,10 +24,8 @@ pub async fn remove(state: &Arc<Runtime>, record: &ContainerRecord) -> Result<()
     let id = record.id.clone();
     let bundle = record.bundle.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
-        let mounts = crate::sandbox::teardown::mounts_under(&bundle);
-        for mount in mounts.iter().rev() {
-            let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
+        // What cannot be unmounted stays, and removing the bundle fails then.
+        let _ = berth_mount::detach_recursive(&bundle);
         let snapshotter = blocking_state.images.snapshotter();
         let volumes = snapshotter
             .list()

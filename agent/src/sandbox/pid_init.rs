@@ -43,8 +43,8 @@ pub async fn start(dir: &Path, pidns: &Path) -> Result<u32, SandboxError> {
     };
     // The init inherits stderr: a file, never a pipe berthd would wait on.
     let log_path = dir.join(LOG_FILE);
-    let log = berth_snapshotter::owner_only::open(
-        berth_snapshotter::owner_only::open_options()
+    let log = berth_owner_only::open(
+        berth_owner_only::open_options()
             .write(true)
             .create(true)
             .truncate(true),

@@ -22,8 +22,8 @@ use crate::network::netns::{self, NamespaceKind};
 use crate::runtime::Runtime;
 use crate::sandbox::files;
 use crate::{Error, Result};
+use berth_owner_only as owner_only;
 use berth_proto::cri::v1 as cri;
-use berth_snapshotter::owner_only;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 

@@ -58,10 +58,8 @@ pub async fn discard(state: &Arc<Runtime>, record: &SandboxRecord) -> crate::Res
 pub async fn unmount_all_under(dir: &Path) {
     let dir = dir.to_owned();
     let unmounted = tokio::task::spawn_blocking(move || {
-        for mount in mounts_under(&dir).iter().rev() {
-            // What cannot be unmounted stays, and remove_dir refuses then.
-            let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
+        // What cannot be unmounted stays, and remove_dir refuses then.
+        let _ = berth_mount::detach_recursive(&dir);
     })
     .await;
     unmounted.expect("unmounting does not panic");
@@ -72,12 +70,15 @@ pub async fn unmount_all_under(dir: &Path) {
 pub async fn remove_dir(dir: &Path) -> Result<(), SandboxError> {
     let dir = dir.to_owned();
     tokio::task::spawn_blocking(move || {
-        let mounted = mounts_under(&dir);
-        if let Some(mount) = mounted.first() {
-            return Err(SandboxError::RemoveDir {
-                path: dir.clone(),
-                source: std::io::Error::other(format!("{mount} is still mounted")),
-            });
+        let refuse = |source| SandboxError::RemoveDir {
+            path: dir.clone(),
+            source,
+        };
+        let table =
+            berth_mount::mountinfo::read_self().map_err(|e| refuse(std::io::Error::other(e)))?;
+        if let Some(mount) = berth_mount::mountinfo::under(&table, &dir).next() {
+            let mounted = format!("{} is still mounted", mount.mount_point.display());
+            return Err(refuse(std::io::Error::other(mounted)));
         }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
@@ -87,16 +88,6 @@ pub async fn remove_dir(dir: &Path) -> Result<(), SandboxError> {
     })
     .await
     .expect("removing a directory does not panic")
-}
-
-/// Mount points at or below `dir`.
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .filter(|mount_point| Path::new(mount_point).starts_with(dir))
-        .map(str::to_owned)
-        .collect()
 }
 
 #[cfg(test)]

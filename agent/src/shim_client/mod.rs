@@ -629,7 +629,7 @@ impl ShimClient {
 }
 
 /// The snapshot mounts as the shim takes them.
-pub fn rootfs_mounts(mounts: &[berth_snapshotter::Mount]) -> Vec<api::Mount> {
+pub fn rootfs_mounts(mounts: &[berth_mount::Mount]) -> Vec<api::Mount> {
     mounts
         .iter()
         .map(|m| api::Mount {

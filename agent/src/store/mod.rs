@@ -116,11 +116,9 @@ pub struct Store {
 impl Store {
     /// Opens the store under `root`, creating it when absent.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        berth_snapshotter::owner_only::create_dir_all(root).map_err(|source| {
-            StoreError::CreateDir {
-                path: root.to_owned(),
-                source,
-            }
+        berth_owner_only::create_dir_all(root).map_err(|source| StoreError::CreateDir {
+            path: root.to_owned(),
+            source,
         })?;
         let path = root.join("metadata.redb");
         let db = if path.exists() {
@@ -133,7 +131,7 @@ impl Store {
         // The records hold each container's config, environment included.
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::Permissions::from_mode(berth_snapshotter::owner_only::FILE_MODE);
+            let mode = std::fs::Permissions::from_mode(berth_owner_only::FILE_MODE);
             std::fs::set_permissions(&path, mode).map_err(|source| StoreError::OwnerOnly {
                 path: path.clone(),
                 source,

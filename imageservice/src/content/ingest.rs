@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use berth_snapshotter::owner_only;
+use berth_owner_only as owner_only;
 
 use super::{blocking, io_err, sync_dir, ContentError, Info, Inner, Result, Store};
 use crate::digest::{Digest, Hasher};

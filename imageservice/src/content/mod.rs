@@ -29,7 +29,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use crate::digest::{Algorithm, Digest};
-use berth_snapshotter::owner_only;
+use berth_owner_only as owner_only;
 
 pub use ingest::Ingest;
 

@@ -96,8 +96,7 @@ impl Exec {
         }
         let spec_file = self.spec_file(init);
         // The process spec holds the exec's environment: owner-only.
-        berth_snapshotter::owner_only::write(&spec_file, &self.spec)
-            .map_err(|e| Error::io(&spec_file, e))?;
+        berth_owner_only::write(&spec_file, &self.spec).map_err(|e| Error::io(&spec_file, e))?;
         let pid_file = self.pid_file(init);
         let (pending, child_io) = PendingIo::prepare(&self.process.stdio)?;
         let (io, console) = ProcessIo::new(child_io)?;

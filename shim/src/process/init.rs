@@ -213,19 +213,26 @@ impl Init {
 }
 
 async fn mount_all(req: &CreateTaskRequest, rootfs: &Path) -> Result<()> {
-    match berth_snapshotter::owner_only::create_dir(rootfs) {
+    match berth_owner_only::create_dir(rootfs) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(Error::io(rootfs, e)),
     }
-    let mounts = req.rootfs.clone();
+    // The task API's mounts are containerd's, field for field.
+    let mounts: Vec<berth_mount::Mount> = req
+        .rootfs
+        .iter()
+        .map(|m| berth_mount::Mount {
+            fs_type: m.type_.clone(),
+            source: m.source.clone(),
+            options: m.options.clone(),
+        })
+        .collect();
     let target = rootfs.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let mounted = mounts
-            .iter()
-            .try_for_each(|m| crate::mount::mount_rootfs(m, &target));
+        let mounted = berth_mount::mount_all(&mounts, &target);
         if mounted.is_err() {
-            let _ = crate::mount::unmount_recursive(&target);
+            let _ = berth_mount::unmount_recursive(&target);
         }
         Ok(mounted?)
     })
@@ -235,7 +242,7 @@ async fn mount_all(req: &CreateTaskRequest, rootfs: &Path) -> Result<()> {
 
 /// Unmounts everything at and under `rootfs`.
 pub fn unmount(rootfs: &Path) -> Result<()> {
-    Ok(crate::mount::unmount_recursive(rootfs)?)
+    Ok(berth_mount::unmount_recursive(rootfs)?)
 }
 
 /// Whether a runtime error says the container or process is already gone.

@@ -3,6 +3,7 @@
 use super::capabilities;
 use super::SpecError;
 use crate::cgroups::CgroupLayout;
+use berth_mount::MountInfo;
 use oci_spec::runtime::Capability;
 use std::path::{Path, PathBuf};
 
@@ -77,125 +78,31 @@ impl HostFacts {
     }
 }
 
-/// One line of a mountinfo file, the parts berth uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MountinfoEntry {
-    pub mount_point: PathBuf,
-    /// The optional fields: `shared:N`, `master:N`, ...
-    pub optional: Vec<String>,
-    pub super_options: Vec<String>,
-}
-
-impl MountinfoEntry {
-    fn parse(line: &str) -> Option<Self> {
-        // id parent major:minor root mount-point options [optional...] -
-        // fstype source super-options
-        let (left, right) = line.split_once(" - ")?;
-        let fields: Vec<&str> = left.split(' ').collect();
-        let mount_point = unescape(fields.get(4)?);
-        let optional = fields.get(6..)?.iter().map(|s| (*s).to_owned()).collect();
-        let super_options = right
-            .split(' ')
-            .nth(2)
-            .unwrap_or("")
-            .split(',')
-            .map(str::to_owned)
-            .collect();
-        Some(Self {
-            mount_point: PathBuf::from(mount_point),
-            optional,
-            super_options,
-        })
-    }
-
-    pub fn is_shared(&self) -> bool {
-        self.optional.iter().any(|o| o.starts_with("shared:"))
-    }
-
-    pub fn is_slave(&self) -> bool {
-        self.optional.iter().any(|o| o.starts_with("master:"))
-    }
-}
-
-/// The mount that `path` (absolute, symlinks resolved) lives on: the
-/// deepest mount point above it, and of several mounts stacked there, the
-/// last one listed (the one on top).
-pub(crate) fn mount_of(mountinfo: &str, path: &Path) -> Option<MountinfoEntry> {
-    let mut best: Option<MountinfoEntry> = None;
-    for entry in mountinfo.lines().filter_map(MountinfoEntry::parse) {
-        if !path.starts_with(&entry.mount_point) {
-            continue;
-        }
-        let deeper = best.as_ref().is_none_or(|b| {
-            entry.mount_point.components().count() >= b.mount_point.components().count()
-        });
-        if deeper {
-            best = Some(entry);
-        }
-    }
-    best
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match octal {
-            Some(d) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The mount that `path` (absolute, symlinks resolved) lives on, in the
+/// text of a mountinfo file (berth-mount's [`containing`]); `None` also
+/// when the text is no mountinfo.
+///
+/// [`containing`]: berth_mount::mountinfo::containing
+pub(crate) fn mount_of(mountinfo: &str, path: &Path) -> Option<MountInfo> {
+    let table = berth_mount::mountinfo::parse(mountinfo.as_bytes()).ok()?;
+    berth_mount::mountinfo::containing(&table, path).cloned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const MOUNTINFO: &str = "\
-27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
-30 27 0:25 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
-40 27 0:40 / /mnt/shared rw shared:12 - tmpfs tmpfs rw
-41 40 0:41 / /mnt/shared/slave rw master:12 - tmpfs tmpfs rw
-42 27 0:42 / /mnt/with\\040space rw - tmpfs tmpfs rw
-43 40 0:43 / /mnt/shared rw - tmpfs tmpfs rw
-";
-
+    // The cases of the lookup are berth-mount's (`mountinfo::containing`).
     #[test]
-    fn finds_the_deepest_topmost_mount() {
-        let at = |p: &str| mount_of(MOUNTINFO, Path::new(p)).map(|m| m.mount_point);
-        assert_eq!(at("/etc/hosts"), Some(PathBuf::from("/")));
-        assert_eq!(
-            at("/mnt/shared/slave/x"),
-            Some(PathBuf::from("/mnt/shared/slave"))
-        );
-        assert_eq!(
-            at("/mnt/with space/dir"),
-            Some(PathBuf::from("/mnt/with space"))
-        );
-        assert_eq!(
-            at("/mnt/sharedx"),
-            Some(PathBuf::from("/")),
-            "prefix by component"
-        );
-        // Mount 43 is stacked on 40 and is private.
-        let top = mount_of(MOUNTINFO, Path::new("/mnt/shared/a")).expect("mount");
-        assert!(!top.is_shared());
-        let slave = mount_of(MOUNTINFO, Path::new("/mnt/shared/slave")).expect("mount");
-        assert!(slave.is_slave() && !slave.is_shared());
-        let cgroup = mount_of(MOUNTINFO, Path::new("/sys/fs/cgroup")).expect("mount");
-        assert!(cgroup.super_options.iter().any(|o| o == "nsdelegate"));
+    fn finds_the_mount_in_mountinfo_text() {
+        let text = "\
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+42 27 0:42 / /mnt/with\\040space rw shared:12 - tmpfs tmpfs rw
+";
+        let m = mount_of(text, Path::new("/mnt/with space/dir")).expect("mount");
+        assert_eq!(m.mount_point, PathBuf::from("/mnt/with space"));
+        assert!(m.is_shared());
+        assert_eq!(mount_of("not mountinfo\n", Path::new("/")), None);
     }
 
     #[test]

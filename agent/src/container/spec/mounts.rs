@@ -25,8 +25,9 @@
 //! (0755), and symlinks in the source are resolved, so a symlinked host path
 //! mounts its target.
 
-use super::host::{self, MountinfoEntry};
+use super::host;
 use super::{PodFiles, SpecError};
+use berth_mount::MountInfo;
 use berth_proto::cri::v1 as cri;
 use oci_spec::runtime::Mount;
 use std::collections::BTreeMap;
@@ -154,7 +155,7 @@ pub(crate) fn plan(input: &MountInput<'_>) -> Result<MountPlan, SpecError> {
                 }
             }
             Propagation::Shared => {
-                require_propagation(&bind, &source, input.mountinfo, MountinfoEntry::is_shared)?;
+                require_propagation(&bind, &source, input.mountinfo, MountInfo::is_shared)?;
                 options.push("rshared".to_owned());
                 rootfs_propagation = Some("rshared".to_owned());
             }
@@ -283,7 +284,7 @@ fn require_propagation(
     bind: &Bind,
     source: &Path,
     mountinfo: &str,
-    ok: impl Fn(&MountinfoEntry) -> bool,
+    ok: impl Fn(&MountInfo) -> bool,
 ) -> Result<(), SpecError> {
     let (wanted, needs) = match bind.propagation {
         Propagation::Shared => ("bidirectional", "a shared"),

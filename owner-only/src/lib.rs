@@ -8,8 +8,14 @@
 //! who can reach it through the mount point (the class of CVE-2021-41103).
 //! Directories are 0700, files 0600, set explicitly after creation so the
 //! umask never decides; an existing directory that is looser is tightened.
-//! This module is the one home of those modes: the agent, the shim and the
-//! image service use it, as every one of them links this crate.
+//! This crate is the one home of those modes: the agent, the shim, the
+//! snapshotter and the image service all create their files through it.
+//!
+//! Layout: [`create_dir`] and [`create_dir_all`] make directories,
+//! [`open_options`], [`open`] and [`write`] files, with [`DIR_MODE`] and
+//! [`FILE_MODE`].
+
+#![forbid(unsafe_code)]
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
