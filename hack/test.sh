@@ -6,7 +6,7 @@
 # Installs the prerequisites (hack/install.sh), then runs, stopping at the
 # first failure: cargo fmt --check, cargo clippy -D warnings, cargo doc with
 # warnings denied (broken intra-doc links and the like), cargo machete (no
-# unused dependencies), the unit and integration tests, the e2e suite (crictl tests, image tests, pod tests, then critest with the
+# unused dependencies), the unit and integration tests, the e2e suite (crictl tests, image tests, pod tests, security tests, then critest with the
 # ratchet of e2e/critest-passing.txt), and a short smoke run of the benchmarks
 # (hack/bench/run.sh --short, figures to a temp dir) so they cannot rot. Needs root: tests create namespaces,
 # mounts and a loopback registry.
@@ -81,6 +81,9 @@ cargo test --locked -p berth-e2e --test images
 
 step "e2e: pods and containers (crictl lifecycle, kill -9 of berthd)"
 cargo test --locked -p berth-e2e --test pods
+
+step "e2e: security (other users, idle connections, hostile paths)"
+cargo test --locked -p berth-e2e --test security
 
 step "benchmarks, short smoke run (fails on an n/a: containerd's, or berth's for a figure docs/benchmarks.json has)"
 bench_out=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-smoke.XXXXXX")
