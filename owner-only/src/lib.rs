@@ -12,7 +12,7 @@
 //! snapshotter and the image service all create their files through it.
 //!
 //! Layout: [`create_dir`] and [`create_dir_all`] make directories,
-//! [`open_options`], [`open`] and [`write`] files, with [`DIR_MODE`] and
+//! [`open_options`], [`open`] and [`write()`] files, with [`DIR_MODE`] and
 //! [`FILE_MODE`].
 
 #![forbid(unsafe_code)]
