@@ -10,8 +10,8 @@ use berth_e2e::leaks::{pids_running, process_exited};
 use berth_proto::cri::v1 as cri;
 use berth_proto::cri::v1::runtime_service_client::RuntimeServiceClient;
 use common::{
-    container_config, pod_config, pod_status, pull, remove_pod, run_pod, stop_pod, Daemon, Options,
-    Registry, BUSYBOX,
+    busybox_registry, container_config, pod_config, pod_status, pull, remove_pod, run_pod,
+    stop_pod, Daemon, Options, Registry, BUSYBOX,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ async fn start_daemon(net: u8, registry: &Registry) -> Daemon {
     let daemon = Daemon::start(
         net,
         Options {
-            registry_config_path: Some(registry.mirrors_dir().to_owned()),
+            registry_config_path: Some(registry.mirrors_dir()),
             ..Options::default()
         },
     )
@@ -155,7 +155,7 @@ fn pod_with_logs(daemon: &Daemon, name: &str) -> cri::PodSandboxConfig {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn container_lifecycle_exec_logs_and_resources() {
-    let registry = Registry::start(5021);
+    let registry = busybox_registry();
     let daemon = start_daemon(21, &registry).await;
     let client = &mut daemon.client.clone();
     let pod_config = pod_with_logs(&daemon, "app");
@@ -421,7 +421,7 @@ async fn container_lifecycle_exec_logs_and_resources() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stopping_and_removing_a_pod_takes_its_running_containers() {
-    let registry = Registry::start(5022);
+    let registry = busybox_registry();
     let daemon = start_daemon(22, &registry).await;
     let client = &mut daemon.client.clone();
     let pod_config = pod_with_logs(&daemon, "busy");
@@ -479,7 +479,7 @@ async fn stopping_and_removing_a_pod_takes_its_running_containers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn containers_survive_a_restart_and_exits_meanwhile_are_reported() {
-    let registry = Registry::start(5023);
+    let registry = busybox_registry();
     let mut daemon = start_daemon(23, &registry).await;
     let mut client = daemon.client.clone();
     let pod_config = pod_with_logs(&daemon, "restart");
@@ -580,7 +580,7 @@ async fn containers_survive_a_restart_and_exits_meanwhile_are_reported() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_hogs_are_oom_killed() {
-    let registry = Registry::start(5024);
+    let registry = busybox_registry();
     let daemon = start_daemon(24, &registry).await;
     let client = &mut daemon.client.clone();
     let pod_config = pod_with_logs(&daemon, "oom");
@@ -609,7 +609,7 @@ async fn memory_hogs_are_oom_killed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn image_volumes_mount_images_read_only() {
-    let registry = Registry::start(5025);
+    let registry = busybox_registry();
     let daemon = start_daemon(25, &registry).await;
     let client = &mut daemon.client.clone();
     let pod_config = pod_with_logs(&daemon, "imgvol");
@@ -740,11 +740,11 @@ async fn image_volumes_mount_images_read_only() {
 /// binary, exec, reopen their log, survive a restart of berthd and stop.
 #[tokio::test(flavor = "multi_thread")]
 async fn external_shim_handlers_run_containers() {
-    let registry = Registry::start(5026);
+    let registry = busybox_registry();
     let mut daemon = Daemon::start(
         26,
         Options {
-            registry_config_path: Some(registry.mirrors_dir().to_owned()),
+            registry_config_path: Some(registry.mirrors_dir()),
             handlers: vec![(
                 "runc-v2".to_owned(),
                 berth_agent::config::HandlerConfig {
@@ -844,7 +844,7 @@ async fn external_shim_handlers_run_containers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn container_events_follow_the_lifecycle() {
     use cri::ContainerEventType as Kind;
-    let registry = Registry::start(5027);
+    let registry = busybox_registry();
     let daemon = start_daemon(27, &registry).await;
     let client = &mut daemon.client.clone();
     let mut events = client

@@ -350,79 +350,16 @@ pub fn inside<T: Send + 'static>(
     .expect("thread")
 }
 
-/// The loopback registry with the test images, run by `hack/registry.sh`
-/// (Debian's docker-registry); stopped on drop.
-pub struct Registry {
-    dir: PathBuf,
-    port: u16,
-    mirrors: tempfile::TempDir,
-}
+/// The loopback registry with the test images: the e2e harness's, which
+/// takes a free port and builds the images in a directory of its own.
+pub use berth_e2e::Registry;
 
 /// The busybox image critest uses; the tests' default image.
 pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
-impl Registry {
-    /// Starts a registry on 127.0.0.1:`port` with the busybox test image
-    /// and writes hosts.toml mirrors for every upstream registry.
-    pub fn start(port: u16) -> Registry {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("repo root")
-            .to_owned();
-        let dir = std::env::temp_dir().join(format!("berth-it-registry-{port}"));
-        let mirrors = tempfile::Builder::new()
-            .prefix("berth-it-certs.d-")
-            .tempdir()
-            .expect("tempdir");
-        let registry = Registry { dir, port, mirrors };
-        let out = std::env::temp_dir().join(format!("berth-it-images-{port}"));
-        let run = |args: &[&str]| {
-            let output = std::process::Command::new("bash")
-                .arg(repo.join("hack/registry.sh"))
-                .args(args)
-                .arg("--dir")
-                .arg(&registry.dir)
-                .args(["--port", &port.to_string()])
-                .env("ONLY", "e2e-test-images/busybox")
-                .env("LARGE_MIB", "0")
-                .env("OUT", &out)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .expect("run hack/registry.sh");
-            assert!(
-                output.status.success(),
-                "hack/registry.sh {args:?}: {}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        };
-        run(&["start"]);
-        run(&["push-images"]);
-        run(&["mirrors", &registry.mirrors.path().to_string_lossy()]);
-        registry
-    }
-
-    pub fn mirrors_dir(&self) -> &Path {
-        self.mirrors.path()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("repo root")
-            .to_owned();
-        let _ = std::process::Command::new("bash")
-            .arg(repo.join("hack/registry.sh"))
-            .args(["stop", "--dir"])
-            .arg(&self.dir)
-            .args(["--port", &self.port.to_string()])
-            .status();
-        let _ = std::fs::remove_dir_all(
-            std::env::temp_dir().join(format!("berth-it-images-{}", self.port)),
-        );
-    }
+/// Starts a registry serving only the busybox test image.
+pub fn busybox_registry() -> Registry {
+    Registry::start(Some("e2e-test-images/busybox")).expect("start the loopback registry")
 }
 
 /// Pulls `image` through the daemon's ImageService.
