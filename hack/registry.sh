@@ -162,6 +162,12 @@ s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])'
 }
 
+# listens_on_port PID: process PID itself listens on $PORT (not another
+# registry that won the port a moment earlier).
+listens_on_port() {
+    ss -Hltnp "sport = :$PORT" 2>/dev/null | grep -q "pid=$1,"
+}
+
 # bind_lost: the registry's log says another process holds its port.
 bind_lost() {
     grep -q "address already in use" "$LOG" 2>/dev/null
@@ -237,7 +243,9 @@ EOF
 # it exits or does not answer in time, show its log and fail.
 wait_answering() {
     local pid=$1 deadline=$((SECONDS + START_TIMEOUT))
-    until answers; do
+    # Answering is not enough: a concurrent start may have bound the same
+    # automatic port first, and its registry would answer for ours.
+    until answers && listens_on_port "$pid"; do
         if ! kill -0 "$pid" 2>/dev/null || [ -z "$(tr -d '\0' <"/proc/$pid/cmdline" 2>/dev/null)" ]; then
             show_log
             rm -f "$PIDFILE"
