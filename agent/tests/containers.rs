@@ -937,3 +937,60 @@ async fn container_events_follow_the_lifecycle() {
     assert_eq!(got, want);
     daemon.finish().await;
 }
+
+/// Every exit is recorded and logged once: one that comes by itself (the
+/// watcher's), and ones StopContainer causes, where the watcher's `wait`
+/// and StopContainer's return together.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_exit_is_logged_once() {
+    let registry = Registry::start(5028);
+    let daemon = start_daemon(28, &registry).await;
+    let client = &mut daemon.client.clone();
+    let pod_config = pod_with_logs(&daemon, "exits");
+    let pod = run_pod(client, pod_config.clone()).await.expect("run pod");
+    let quitter = create(
+        client,
+        &pod,
+        &pod_config,
+        container_config("quitter", &["sh", "-c", "exit 3"]),
+    )
+    .await
+    .expect("create");
+    start(client, &quitter).await.expect("start");
+    wait_state(client, &quitter, cri::ContainerState::ContainerExited).await;
+    let mut stopped = Vec::new();
+    for n in 0..4 {
+        let id = create(
+            client,
+            &pod,
+            &pod_config,
+            container_config(
+                &format!("stopped-{n}"),
+                &["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"],
+            ),
+        )
+        .await
+        .expect("create");
+        start(client, &id).await.expect("start");
+        stopped.push(id);
+    }
+    for id in &stopped {
+        client
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 10,
+            })
+            .await
+            .expect("stop");
+    }
+    // The watchers' own ends, had they logged one, come within this.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in std::iter::once(&quitter).chain(&stopped) {
+        let exits = common::logged_lines(&["container exited", id]);
+        assert_eq!(exits.len(), 1, "{id}: {exits:#?}");
+    }
+    let broken_pipes = common::logged_lines(&["ERROR", "Broken pipe"]);
+    assert!(broken_pipes.is_empty(), "{broken_pipes:#?}");
+    remove_pod(client, &pod).await;
+    daemon.finish().await;
+}
