@@ -835,8 +835,16 @@ async fn external_shim_handlers_run_containers() {
         })
         .await
         .expect("reopen");
+    // Once the call returns, output goes to the new file only (kubelet
+    // compresses the rotated one next).
     assert!(log.exists(), "the log is reopened at its path");
+    let rotated_text = std::fs::read_to_string(&rotated).expect("rotated log");
     wait_for_file(&log, "stdout F tick");
+    assert_eq!(
+        std::fs::read_to_string(&rotated).expect("rotated log"),
+        rotated_text,
+        "nothing is written to the rotated log after the reopen"
+    );
 
     daemon.shutdown().await;
     daemon.restart().await;
@@ -966,7 +974,11 @@ async fn each_exit_is_logged_once() {
             &pod_config,
             container_config(
                 &format!("stopped-{n}"),
-                &["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"],
+                &[
+                    "sh",
+                    "-c",
+                    "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+                ],
             ),
         )
         .await
