@@ -826,15 +826,34 @@ async fn external_shim_handlers_run_containers() {
         (3, "42\n")
     );
 
-    // Rotation: the old file is renamed away, the log reopened.
+    // Rotation: the old file is renamed away, the log reopened. The call
+    // waits for the logging binary: while it is held stopped, the call
+    // does not return.
+    let logger_pid_file = berth_agent::container::record::bundle_dir(daemon.state_dir(), &id)
+        .join(berth_agent::shim_client::LOGGER_PID_FILE);
+    let logger = nix::unistd::Pid::from_raw(
+        std::fs::read_to_string(&logger_pid_file)
+            .expect("logger pid file")
+            .trim()
+            .parse()
+            .expect("logger pid"),
+    );
     let rotated = log.with_extension("log.1");
+    nix::sys::signal::kill(logger, nix::sys::signal::Signal::SIGSTOP).expect("stop the logger");
     std::fs::rename(&log, &rotated).expect("rotate");
-    client
-        .reopen_container_log(cri::ReopenContainerLogRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("reopen");
+    let mut reopener = client.clone();
+    let request = cri::ReopenContainerLogRequest {
+        container_id: id.clone(),
+    };
+    let reopen = tokio::spawn(async move { reopener.reopen_container_log(request).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let returned_early = reopen.is_finished();
+    nix::sys::signal::kill(logger, nix::sys::signal::Signal::SIGCONT).expect("resume the logger");
+    assert!(
+        !returned_early,
+        "ReopenContainerLog returned before the logger reopened the log"
+    );
+    reopen.await.expect("join").expect("reopen");
     // Once the call returns, output goes to the new file only (kubelet
     // compresses the rotated one next).
     assert!(log.exists(), "the log is reopened at its path");
