@@ -804,17 +804,44 @@ async fn external_shim_handlers_run_containers() {
         (3, "42\n")
     );
 
-    // Rotation: the old file is renamed away, the log reopened.
+    // Rotation: the old file is renamed away, the log reopened. The call
+    // waits for the logging binary: while it is held stopped, the call
+    // does not return.
+    let logger_pid_file = berth_agent::container::record::bundle_dir(daemon.state_dir(), &id)
+        .join(berth_agent::shim_client::LOGGER_PID_FILE);
+    let logger = nix::unistd::Pid::from_raw(
+        std::fs::read_to_string(&logger_pid_file)
+            .expect("logger pid file")
+            .trim()
+            .parse()
+            .expect("logger pid"),
+    );
     let rotated = log.with_extension("log.1");
+    nix::sys::signal::kill(logger, nix::sys::signal::Signal::SIGSTOP).expect("stop the logger");
     std::fs::rename(&log, &rotated).expect("rotate");
-    client
-        .reopen_container_log(cri::ReopenContainerLogRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("reopen");
+    let mut reopener = client.clone();
+    let request = cri::ReopenContainerLogRequest {
+        container_id: id.clone(),
+    };
+    let reopen = tokio::spawn(async move { reopener.reopen_container_log(request).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let returned_early = reopen.is_finished();
+    nix::sys::signal::kill(logger, nix::sys::signal::Signal::SIGCONT).expect("resume the logger");
+    assert!(
+        !returned_early,
+        "ReopenContainerLog returned before the logger reopened the log"
+    );
+    reopen.await.expect("join").expect("reopen");
+    // Once the call returns, output goes to the new file only (kubelet
+    // compresses the rotated one next).
     assert!(log.exists(), "the log is reopened at its path");
+    let rotated_text = std::fs::read_to_string(&rotated).expect("rotated log");
     wait_for_file(&log, "stdout F tick");
+    assert_eq!(
+        std::fs::read_to_string(&rotated).expect("rotated log"),
+        rotated_text,
+        "nothing is written to the rotated log after the reopen"
+    );
 
     daemon.shutdown().await;
     daemon.restart().await;
@@ -913,5 +940,66 @@ async fn container_events_follow_the_lifecycle() {
         .map(|(id, kind)| ((*id).clone(), *kind as i32))
         .collect();
     assert_eq!(got, want);
+    daemon.finish().await;
+}
+
+/// Every exit is recorded and logged once: one that comes by itself (the
+/// watcher's), and ones StopContainer causes, where the watcher's `wait`
+/// and StopContainer's return together.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_exit_is_logged_once() {
+    let registry = busybox_registry();
+    let daemon = start_daemon(28, &registry).await;
+    let client = &mut daemon.client.clone();
+    let pod_config = pod_with_logs(&daemon, "exits");
+    let pod = run_pod(client, pod_config.clone()).await.expect("run pod");
+    let quitter = create(
+        client,
+        &pod,
+        &pod_config,
+        container_config("quitter", &["sh", "-c", "exit 3"]),
+    )
+    .await
+    .expect("create");
+    start(client, &quitter).await.expect("start");
+    wait_state(client, &quitter, cri::ContainerState::ContainerExited).await;
+    let mut stopped = Vec::new();
+    for n in 0..4 {
+        let id = create(
+            client,
+            &pod,
+            &pod_config,
+            container_config(
+                &format!("stopped-{n}"),
+                &[
+                    "sh",
+                    "-c",
+                    "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+                ],
+            ),
+        )
+        .await
+        .expect("create");
+        start(client, &id).await.expect("start");
+        stopped.push(id);
+    }
+    for id in &stopped {
+        client
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 10,
+            })
+            .await
+            .expect("stop");
+    }
+    // The watchers' own ends, had they logged one, come within this.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in std::iter::once(&quitter).chain(&stopped) {
+        let exits = common::logged_lines(&["container exited", id]);
+        assert_eq!(exits.len(), 1, "{id}: {exits:#?}");
+    }
+    let broken_pipes = common::logged_lines(&["ERROR", "Broken pipe"]);
+    assert!(broken_pipes.is_empty(), "{broken_pipes:#?}");
+    remove_pod(client, &pod).await;
     daemon.finish().await;
 }

@@ -80,7 +80,9 @@ pub fn reason(status: u32, oom_killed: bool) -> &'static str {
 }
 
 /// Records the exit of container `id` (unless one is recorded), then
-/// releases its task and shim.
+/// releases its task and shim. The watcher and StopContainer both see the
+/// same exit: only the call that records it logs it and releases the shim
+/// (a second `delete` would write to a shim that is exiting).
 pub async fn finish(state: &Arc<Runtime>, id: &str, exit: Exit) {
     let Some(record) = state.containers.get(id) else {
         return;
@@ -95,7 +97,9 @@ pub async fn finish(state: &Arc<Runtime>, id: &str, exit: Exit) {
             announce: true,
         };
         match self::record(state, id, ending).await {
-            Ok(_) => tracing::info!(id, status = exit.status, oom, "container exited"),
+            Ok(true) => tracing::info!(id, status = exit.status, oom, "container exited"),
+            // Another call recorded it, and releases the shim.
+            Ok(false) => return,
             Err(e) => tracing::error!(id, error = %e, "cannot record a container's exit"),
         }
     }

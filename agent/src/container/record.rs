@@ -182,6 +182,8 @@ pub enum ContainerError {
     },
     #[error("ExecSync in {id} did not finish within {seconds} s; the process was killed")]
     ExecTimeout { id: String, seconds: i64 },
+    #[error("the logging process of container {id} did not reopen its log within {seconds} s")]
+    LogNotReopened { id: String, seconds: u64 },
     #[error("CreateContainer was abandoned by its client; the container was rolled back")]
     Abandoned,
 }
@@ -202,7 +204,7 @@ impl ContainerError {
             Self::SandboxNotReady(_) | Self::WrongState { .. } => ErrorKind::FailedPrecondition,
             Self::Spec(e) => e.kind(),
             Self::Shim(e) => e.kind(),
-            Self::ExecTimeout { .. } => ErrorKind::DeadlineExceeded,
+            Self::ExecTimeout { .. } | Self::LogNotReopened { .. } => ErrorKind::DeadlineExceeded,
             Self::Abandoned => ErrorKind::Cancelled,
             Self::Snapshot(_) | Self::Mount(_) | Self::Io { .. } => ErrorKind::Internal,
         }

@@ -179,11 +179,13 @@ impl Shim {
         }
         let logger = berth_shim()?;
         let pid_file = bundle.join(LOGGER_PID_FILE);
+        let reopened_file = bundle.join(LOGGER_REOPENED_FILE);
         Ok(format!(
-            "binary://{}?log-cri={}&pid-file={}",
+            "binary://{}?log-cri={}&pid-file={}&{LOGGER_REOPENED_ARG}={}",
             percent_encode(&logger.display().to_string()),
             percent_encode(log_path),
             percent_encode(&pid_file.display().to_string()),
+            percent_encode(&reopened_file.display().to_string()),
         ))
     }
 
@@ -196,6 +198,12 @@ impl Shim {
 /// The file in a bundle where the logging binary of an external shim's
 /// container writes its PID (ReopenContainerLog signals it).
 pub const LOGGER_PID_FILE: &str = "logger.pid";
+
+/// The file in a bundle where that logging binary counts the reopens it
+/// has done (ReopenContainerLog waits for the count to grow), and the
+/// logger argument naming it (see `shim/src/io/logger.rs`).
+pub const LOGGER_REOPENED_FILE: &str = "logger.reopened";
+pub const LOGGER_REOPENED_ARG: &str = "reopened-file";
 
 /// containerd's shims write their log, and once a reader opened it their
 /// stderr (panics included), to the FIFO `log` in the bundle; berthd reads
@@ -662,7 +670,8 @@ mod tests {
         assert!(
             uri.ends_with(
                 "containerd-shim-berth-v2?log-cri=/var/log/pods/a%20b/c%26d.log\
-                 &pid-file=/run/berth/containers/c1/logger.pid"
+                 &pid-file=/run/berth/containers/c1/logger.pid\
+                 &reopened-file=/run/berth/containers/c1/logger.reopened"
             ),
             "{uri}"
         );

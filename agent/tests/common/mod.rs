@@ -43,8 +43,10 @@ impl Daemon {
     /// Starts a daemon whose network is 10.252.`net`.0/24 on its own bridge.
     pub async fn start(net: u8, options: Options) -> Daemon {
         let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter("berth_agent=debug")
+            .with_writer(|| CapturedLog)
+            .with_ansi(false)
+            // ttrpc logs through the `log` crate: its errors are berthd's.
+            .with_env_filter("berth_agent=debug,ttrpc=info")
             .try_init();
         let dir = tempfile::Builder::new()
             .prefix("berth-it-")
@@ -229,6 +231,37 @@ impl Drop for Daemon {
             .args(["link", "del", &self.bridge])
             .status();
     }
+}
+
+/// Everything berthd logged in this test process (every daemon's).
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// The log writer: into [`LOG`], and to the test's output as
+/// `with_test_writer` does.
+struct CapturedLog;
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock()
+            .expect("the log lock is never poisoned")
+            .extend_from_slice(buf);
+        print!("{}", String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The lines logged so far that contain every one of `needles`.
+pub fn logged_lines(needles: &[&str]) -> Vec<String> {
+    let log = LOG.lock().expect("the log lock is never poisoned");
+    String::from_utf8_lossy(&log)
+        .lines()
+        .filter(|line| needles.iter().all(|n| line.contains(n)))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A client that is replaced before use.

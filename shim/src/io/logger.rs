@@ -8,7 +8,10 @@
 //! a "ready" pipe on fd 5, which the logger closes once it is ready. This
 //! logger writes both streams to the CRI log file, as the shim's own
 //! `file://` logs do, writes its PID to `pid-file`, and reopens the log on
-//! SIGUSR1 (berthd's ReopenContainerLog). It exits when both streams end.
+//! SIGUSR1 (berthd's ReopenContainerLog). After each reopen it writes the
+//! number of reopens so far to `reopened-file`: berthd answers
+//! ReopenContainerLog only once that number grew, so no line goes to the
+//! rotated file after the call returns. It exits when both streams end.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -24,17 +27,20 @@ use super::cri_log::{copy_to_log, CriLog, Stream};
 /// The argument that makes the shim binary a logger.
 pub const LOG_CRI_ARG: &str = "log-cri";
 const PID_FILE_ARG: &str = "pid-file";
+const REOPENED_FILE_ARG: &str = "reopened-file";
 
 /// The descriptors containerd's logging protocol hands over.
 const STDOUT_FD: i32 = 3;
 const STDERR_FD: i32 = 4;
 const READY_FD: i32 = 5;
 
-/// A logger invocation: `log-cri PATH [pid-file PATH]`, in any order.
+/// A logger invocation: `log-cri PATH [pid-file PATH] [reopened-file
+/// PATH]`, in any order.
 #[derive(Debug, PartialEq, Eq)]
 pub struct LoggerArgs {
     pub log: PathBuf,
     pub pid_file: Option<PathBuf>,
+    pub reopened_file: Option<PathBuf>,
 }
 
 impl LoggerArgs {
@@ -49,6 +55,7 @@ impl LoggerArgs {
     fn parse_pairs(args: &[OsString]) -> anyhow::Result<Self> {
         let mut log = None;
         let mut pid_file = None;
+        let mut reopened_file = None;
         for pair in args.chunks(2) {
             let [key, value] = pair else {
                 anyhow::bail!("logger argument {:?} has no value", pair[0]);
@@ -56,13 +63,18 @@ impl LoggerArgs {
             match key.to_str() {
                 Some(LOG_CRI_ARG) => log = Some(PathBuf::from(value)),
                 Some(PID_FILE_ARG) => pid_file = Some(PathBuf::from(value)),
+                Some(REOPENED_FILE_ARG) => reopened_file = Some(PathBuf::from(value)),
                 _ => anyhow::bail!("unknown logger argument {key:?}"),
             }
         }
         let log = log
             .filter(|p| p.is_absolute())
             .with_context(|| format!("{LOG_CRI_ARG} needs an absolute log path"))?;
-        Ok(Self { log, pid_file })
+        Ok(Self {
+            log,
+            pid_file,
+            reopened_file,
+        })
     }
 }
 
@@ -98,10 +110,22 @@ pub fn run(args: &LoggerArgs) -> anyhow::Result<()> {
     drop(ready);
 
     let reopener = Arc::clone(&log);
-    std::thread::spawn(move || loop {
-        if reopen.wait().is_ok() {
+    let reopened_file = args.reopened_file.clone();
+    std::thread::spawn(move || {
+        let mut reopens: u64 = 0;
+        loop {
+            if reopen.wait().is_err() {
+                continue;
+            }
             if let Err(e) = reopener.reopen() {
                 tracing::warn!("cannot reopen the container log: {e}");
+                continue;
+            }
+            reopens += 1;
+            if let Some(path) = &reopened_file {
+                if let Err(e) = write_atomically(path, &reopens.to_string()) {
+                    tracing::warn!("cannot acknowledge the reopen: {e:#}");
+                }
             }
         }
     });
@@ -114,17 +138,23 @@ pub fn run(args: &LoggerArgs) -> anyhow::Result<()> {
             tracing::warn!("reading the container's output failed: {e}");
         }
     }
-    if let Some(pid_file) = &args.pid_file {
-        let _ = std::fs::remove_file(pid_file);
+    for file in [&args.pid_file, &args.reopened_file].into_iter().flatten() {
+        let _ = std::fs::remove_file(file);
     }
     Ok(())
 }
 
-/// Writes this process's PID to `path` (under a temporary name, renamed in,
-/// so a reader never sees a partial file).
+/// Writes this process's PID to `path`.
 fn write_pid_file(path: &Path) -> anyhow::Result<()> {
-    let temp = path.with_extension("tmp");
-    std::fs::write(&temp, std::process::id().to_string())
+    write_atomically(path, &std::process::id().to_string())
+}
+
+/// Writes `text` to `path` under a temporary name, renamed in, so a reader
+/// never sees a partial file.
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(".tmp");
+    std::fs::write(&temp, text)
         .and_then(|()| std::fs::rename(&temp, path))
         .with_context(|| format!("write {}", path.display()))
 }
@@ -143,6 +173,7 @@ mod tests {
         let want = LoggerArgs {
             log: "/var/log/pods/c.log".into(),
             pid_file: Some("/run/b/logger.pid".into()),
+            reopened_file: Some("/run/b/logger.reopened".into()),
         };
         for order in [
             [
@@ -150,8 +181,12 @@ mod tests {
                 "/var/log/pods/c.log",
                 "pid-file",
                 "/run/b/logger.pid",
+                "reopened-file",
+                "/run/b/logger.reopened",
             ],
             [
+                "reopened-file",
+                "/run/b/logger.reopened",
                 "pid-file",
                 "/run/b/logger.pid",
                 "log-cri",
