@@ -43,14 +43,28 @@ pub fn pids_running(needle: &str) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    entries
+    let matching: Vec<i32> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
         })
         .filter(|pid| !process_exited(*pid))
+        .collect();
+    // A shell's child between fork and exec still shows the shell's
+    // command line: it is not another process of that name.
+    matching
+        .iter()
+        .copied()
+        .filter(|pid| parent_pid(*pid).is_none_or(|parent| !matching.contains(&parent)))
         .collect()
+}
+
+/// The parent of process `pid`, from `/proc/<pid>/stat`.
+fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split(' ').nth(1)?.parse().ok()
 }
 
 /// True when process `pid` is gone or a zombie.
