@@ -1,6 +1,7 @@
 //! Facts about the host that shape a container's spec.
 
 use super::capabilities;
+use super::lsm::SecurityModules;
 use super::SpecError;
 use crate::cgroups::CgroupLayout;
 use berth_mount::MountInfo;
@@ -31,6 +32,8 @@ pub struct HostFacts {
     /// `/proc/self/mountinfo`: the propagation of bind sources, and the
     /// options of the host's cgroup2 mount.
     pub mountinfo: String,
+    /// AppArmor and SELinux: what the host enforces.
+    pub security_modules: SecurityModules,
 }
 
 impl HostFacts {
@@ -74,6 +77,7 @@ impl HostFacts {
             swap_limit,
             hugetlb,
             mountinfo: read("/proc/self/mountinfo")?,
+            security_modules: SecurityModules::detect(),
         })
     }
 }
