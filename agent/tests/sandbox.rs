@@ -790,3 +790,101 @@ async fn orphan_sandbox_dirs_with_escaped_paths_are_unmounted_and_removed() {
     assert!(!orphan.exists(), "recovery removed the orphan directory");
     daemon.finish().await;
 }
+
+/// Pod options this host cannot honour, and hostnames that are no
+/// hostname, are refused before anything is made (issue 10, holes 5, 6).
+#[tokio::test(flavor = "multi_thread")]
+async fn unenforceable_security_and_bad_hostnames_are_refused() {
+    use berth_agent::container::SecurityModules;
+    let daemon = Daemon::start(13, Options::default()).await;
+    let client = &mut daemon.client.clone();
+    let with_sc = |sc: cri::LinuxSandboxSecurityContext| cri::PodSandboxConfig {
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(sc),
+            ..Default::default()
+        }),
+        ..pod_config("lsm")
+    };
+    let host = SecurityModules::detect();
+    let mut cases: Vec<(cri::PodSandboxConfig, &str, &str)> = vec![
+        (
+            cri::PodSandboxConfig {
+                hostname: "two\nlines".into(),
+                ..pod_config("lsm")
+            },
+            "config.hostname",
+            "is not a valid hostname",
+        ),
+        (
+            cri::PodSandboxConfig {
+                hostname: "a b".into(),
+                ..pod_config("lsm")
+            },
+            "config.hostname",
+            "is not a valid hostname",
+        ),
+    ];
+    if host.apparmor.is_none() {
+        cases.push((
+            with_sc(cri::LinuxSandboxSecurityContext {
+                apparmor: Some(cri::SecurityProfile::default()),
+                ..Default::default()
+            }),
+            "config.linux.security_context.apparmor",
+            "apparmor is not supported",
+        ));
+    } else {
+        eprintln!("AppArmor is enabled here: its refusal is not checked");
+    }
+    if !host.selinux {
+        cases.push((
+            with_sc(cri::LinuxSandboxSecurityContext {
+                selinux_options: Some(cri::SeLinuxOption {
+                    level: "s0:c1,c2".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            "config.linux.security_context.selinux_options",
+            "selinux is not supported",
+        ));
+    } else {
+        eprintln!("SELinux is enabled here: its refusal is not checked");
+    }
+    for (config, field, reason) in cases {
+        let err = run_pod(client, config).await.expect_err(field);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err}");
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
+        assert!(err.message().contains(reason), "{field}: {}", err.message());
+    }
+    let pods = client
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "nothing was made: {pods:?}");
+
+    // Unconfined is fine anywhere, and a legal name still works.
+    let id = run_pod(
+        client,
+        cri::PodSandboxConfig {
+            hostname: "web-0.web".into(),
+            ..with_sc(cri::LinuxSandboxSecurityContext {
+                apparmor: Some(cri::SecurityProfile {
+                    profile_type: cri::security_profile::ProfileType::Unconfined as i32,
+                    localhost_ref: String::new(),
+                }),
+                ..Default::default()
+            })
+        },
+    )
+    .await
+    .expect("unconfined pod");
+    remove_pod(client, &id).await;
+    daemon.finish().await;
+}
