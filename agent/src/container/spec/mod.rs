@@ -2027,11 +2027,12 @@ mod tests {
 
     #[test]
     fn resources_are_checked_in_create_and_update() {
-        let cases: Vec<(
-            &str,
+        type Case<'a> = (
+            &'a str,
             fn(&mut cri::LinuxContainerResources),
-            Result<(), &str>,
-        )> = vec![
+            Result<(), &'a str>,
+        );
+        let cases: Vec<Case> = vec![
             ("all unset", |_| {}, Ok(())),
             (
                 "legal values",
