@@ -41,6 +41,9 @@ const FLAG_PADDED: u8 = 0x8;
 const FLAG_PRIORITY: u8 = 0x20;
 /// The authority given to requests whose own is not one.
 const REPLACEMENT_AUTHORITY: &[u8] = b"localhost";
+/// The HPACK table size h2 advertises (the protocol's default), which
+/// bounds the client's table and is the size of this side's encoder's.
+const HEADER_TABLE_SIZE: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -95,8 +98,16 @@ impl<S> LenientAuthority<S> {
             input: Vec::new(),
             output: Vec::new(),
             pending: None,
-            decoder: Decoder::new(),
-            encoder: Encoder::new(),
+            decoder: {
+                let mut decoder = Decoder::new();
+                decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
+                decoder
+            },
+            encoder: {
+                let mut encoder = Encoder::new();
+                encoder.set_max_table_size(HEADER_TABLE_SIZE);
+                encoder
+            },
             eof: false,
         }
     }
