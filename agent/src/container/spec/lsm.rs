@@ -30,9 +30,9 @@
 //! berth does not pick per-container MCS categories; a level without them
 //! shares `s0` with other such containers.
 
+use super::host::SecurityModules;
 use super::SpecError;
 use berth_proto::cri::v1 as cri;
-use std::collections::BTreeSet;
 
 /// The profile `RuntimeDefault` means, named as containerd names its own
 /// so that a profile loaded for containerd serves berth too.
@@ -46,43 +46,6 @@ const SELINUX_DEFAULT_LEVEL: &str = "s0";
 /// The role and type of the files of a container (its mount label).
 const SELINUX_FILE_ROLE: &str = "object_r";
 const SELINUX_FILE_TYPE: &str = "container_file_t";
-
-/// Which Linux security modules the host enforces.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SecurityModules {
-    /// `None`: AppArmor is not enabled. Otherwise the names of the profiles
-    /// loaded in the kernel.
-    pub apparmor: Option<BTreeSet<String>>,
-    /// SELinux is enabled (selinuxfs is mounted).
-    pub selinux: bool,
-}
-
-impl SecurityModules {
-    /// Reads this host's modules. AppArmor counts as enabled the way runc
-    /// decides it: securityfs shows `apparmor` and the module says `Y`.
-    pub fn detect() -> Self {
-        let apparmor_enabled = std::path::Path::new("/sys/kernel/security/apparmor").is_dir()
-            && std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-                .is_ok_and(|v| v.starts_with('Y'));
-        let apparmor = apparmor_enabled.then(|| {
-            std::fs::read_to_string("/sys/kernel/security/apparmor/profiles")
-                .map(|list| parse_apparmor_profiles(&list))
-                .unwrap_or_default()
-        });
-        Self {
-            apparmor,
-            selinux: std::path::Path::new("/sys/fs/selinux/enforce").exists(),
-        }
-    }
-}
-
-/// Profile names of `/sys/kernel/security/apparmor/profiles`, whose lines
-/// read `name (mode)`; a name may contain spaces.
-fn parse_apparmor_profiles(list: &str) -> BTreeSet<String> {
-    list.lines()
-        .filter_map(|line| line.rsplit_once(" (").map(|(name, _)| name.to_owned()))
-        .collect()
-}
 
 /// What a request asks of AppArmor, once the deprecated form is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,17 +277,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_the_kernel_profile_list() {
-        let list =
-            "cri-containerd.apparmor.d (enforce)\n/usr/bin/man (complain)\nwith space (enforce)\n";
-        let names = parse_apparmor_profiles(list);
-        assert_eq!(
-            names.into_iter().collect::<Vec<_>>(),
-            ["/usr/bin/man", "cri-containerd.apparmor.d", "with space"]
-        );
-    }
-
-    #[test]
     fn pod_options_follow_the_host() {
         let none = SecurityModules::default();
         let sc = cri::LinuxSandboxSecurityContext {
@@ -349,7 +301,7 @@ mod tests {
             "{err}"
         );
         let enabled = SecurityModules {
-            apparmor: Some(BTreeSet::from([DEFAULT_APPARMOR_PROFILE.to_owned()])),
+            apparmor: Some([DEFAULT_APPARMOR_PROFILE.to_owned()].into()),
             selinux: true,
         };
         check_pod(&sc, &enabled).expect("valid where SELinux is enabled");

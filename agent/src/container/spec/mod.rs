@@ -63,8 +63,8 @@ mod user;
 
 use crate::cgroups::{self, CgroupDriver, CgroupPathError};
 use berth_proto::cri::v1 as cri;
-pub use host::HostFacts;
-pub use lsm::{check_pod as check_pod_security_modules, SecurityModules};
+pub use host::{HostFacts, SecurityModules};
+pub use lsm::check_pod as check_pod_security_modules;
 use oci_spec::runtime::{
     Capabilities, Capability, Linux, LinuxCapabilities, LinuxCpu, LinuxHugepageLimit, LinuxMemory,
     LinuxNamespace, LinuxNamespaceType, LinuxResources, Process, Root, Spec, User,
