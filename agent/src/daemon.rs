@@ -6,6 +6,7 @@
 //! lets in-flight calls finish, then removes the socket.
 
 use crate::accept::UnixIncoming;
+use crate::authority::LenientAuthority;
 use crate::config::Config;
 use crate::metrics::{CriMetricsLayer, Metrics};
 use crate::runtime::Runtime;
@@ -84,7 +85,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
                 .max_decoding_message_size(max_message_size)
                 .max_encoding_message_size(max_message_size),
         )
-        .serve_with_incoming_shutdown(UnixIncoming::new(listener, "CRI socket"), {
+        .serve_with_incoming_shutdown(lenient(UnixIncoming::new(listener, "CRI socket")), {
             let state = state.clone();
             async move {
                 shutdown.await;
@@ -104,6 +105,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     drop(socket);
     tracing::info!("berthd stopped");
     served.map_err(Error::from)
+}
+
+/// Connections whose clients may send the socket path as `:authority`
+/// (see `authority.rs`).
+fn lenient(
+    incoming: UnixIncoming,
+) -> impl tokio_stream::Stream<Item = std::io::Result<LenientAuthority<tokio::net::UnixStream>>> {
+    use tokio_stream::StreamExt;
+    incoming.map(|accepted| accepted.map(LenientAuthority::new))
 }
 
 /// Creates `path` owner-only, or tightens it to 0700 when it exists

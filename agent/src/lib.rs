@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 
 pub mod accept;
+pub mod authority;
 pub mod binaries;
 pub mod cgroups;
 pub mod config;

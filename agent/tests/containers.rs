@@ -1000,6 +1000,188 @@ async fn each_exit_is_logged_once() {
     }
     let broken_pipes = common::logged_lines(&["ERROR", "Broken pipe"]);
     assert!(broken_pipes.is_empty(), "{broken_pipes:#?}");
+
+/// Requests the host cannot enforce and resources the kernel would refuse
+/// are InvalidArgument naming the field, in CreateContainer and
+/// UpdateContainerResources, and leave nothing behind (issue 10, holes 5, 6).
+#[tokio::test(flavor = "multi_thread")]
+async fn unenforceable_security_and_bad_resources_are_refused() {
+    use berth_agent::container::SecurityModules;
+    let registry = busybox_registry();
+    let daemon = start_daemon(29, &registry).await;
+    let client = &mut daemon.client.clone();
+    let pod_config = pod_with_logs(&daemon, "refusals");
+    let pod = run_pod(client, pod_config.clone()).await.expect("run pod");
+    let host = SecurityModules::detect();
+
+    let with_sc = |sc: cri::LinuxContainerSecurityContext| {
+        let mut config = container_config("refused", &["sleep", "60"]);
+        config.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(sc),
+            ..Default::default()
+        });
+        config
+    };
+    let with_resources = |r: cri::LinuxContainerResources| {
+        let mut config = container_config("refused", &["sleep", "60"]);
+        config.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(r),
+            ..Default::default()
+        });
+        config
+    };
+    let mut cases: Vec<(cri::ContainerConfig, &str)> = vec![
+        (
+            with_resources(cri::LinuxContainerResources {
+                memory_limit_in_bytes: -5,
+                ..Default::default()
+            }),
+            "linux.resources.memory_limit_in_bytes",
+        ),
+        (
+            with_resources(cri::LinuxContainerResources {
+                memory_swap_limit_in_bytes: -2,
+                ..Default::default()
+            }),
+            "linux.resources.memory_swap_limit_in_bytes",
+        ),
+        (
+            with_resources(cri::LinuxContainerResources {
+                cpu_shares: -1,
+                ..Default::default()
+            }),
+            "linux.resources.cpu_shares",
+        ),
+        (
+            with_resources(cri::LinuxContainerResources {
+                cpuset_cpus: "0-".into(),
+                ..Default::default()
+            }),
+            "linux.resources.cpuset_cpus",
+        ),
+        (
+            with_resources(cri::LinuxContainerResources {
+                cpuset_mems: "zero".into(),
+                ..Default::default()
+            }),
+            "linux.resources.cpuset_mems",
+        ),
+    ];
+    if host.apparmor.is_none() {
+        cases.push((
+            with_sc(cri::LinuxContainerSecurityContext {
+                apparmor: Some(cri::SecurityProfile::default()),
+                ..Default::default()
+            }),
+            "linux.security_context.apparmor: apparmor is not supported",
+        ));
+        cases.push((
+            with_sc(cri::LinuxContainerSecurityContext {
+                apparmor: Some(cri::SecurityProfile {
+                    profile_type: cri::security_profile::ProfileType::Localhost as i32,
+                    localhost_ref: "localhost/my-profile".into(),
+                }),
+                ..Default::default()
+            }),
+            "linux.security_context.apparmor: apparmor is not supported",
+        ));
+        #[allow(deprecated)]
+        cases.push((
+            with_sc(cri::LinuxContainerSecurityContext {
+                apparmor_profile: "runtime/default".into(),
+                ..Default::default()
+            }),
+            "linux.security_context.apparmor_profile: apparmor is not supported",
+        ));
+    } else {
+        eprintln!("AppArmor is enabled here: its refusal is not checked");
+    }
+    if !host.selinux {
+        cases.push((
+            with_sc(cri::LinuxContainerSecurityContext {
+                selinux_options: Some(cri::SeLinuxOption {
+                    r#type: "spc_t".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            "linux.security_context.selinux_options: selinux is not supported",
+        ));
+    }
+    for (config, want) in cases {
+        let err = create(client, &pod, &pod_config, config)
+            .await
+            .expect_err(want);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{want}: {err}");
+        assert!(err.message().starts_with(want), "{want}: {}", err.message());
+    }
+    let left = client
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .containers;
+    assert!(left.is_empty(), "refused creates leave nothing: {left:?}");
+
+    let id = create(
+        client,
+        &pod,
+        &pod_config,
+        container_config("ok", &["sleep", "60"]),
+    )
+    .await
+    .expect("create");
+    start(client, &id).await.expect("start");
+    for (resources, field) in [
+        (
+            cri::LinuxContainerResources {
+                memory_limit_in_bytes: -1,
+                ..Default::default()
+            },
+            "linux.resources.memory_limit_in_bytes",
+        ),
+        (
+            cri::LinuxContainerResources {
+                cpu_quota: -7,
+                ..Default::default()
+            },
+            "linux.resources.cpu_quota",
+        ),
+        (
+            cri::LinuxContainerResources {
+                cpuset_cpus: "3-1".into(),
+                ..Default::default()
+            },
+            "linux.resources.cpuset_cpus",
+        ),
+    ] {
+        let err = client
+            .update_container_resources(cri::UpdateContainerResourcesRequest {
+                container_id: id.clone(),
+                linux: Some(resources),
+                ..Default::default()
+            })
+            .await
+            .expect_err(field);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err}");
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
+    }
+    client
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                cpu_shares: 256,
+                cpuset_cpus: "0".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("a valid update");
     remove_pod(client, &pod).await;
     daemon.finish().await;
 }

@@ -44,6 +44,6 @@ pub mod update;
 
 pub use record::{ContainerError, ContainerRecord, ContainerState, Containers};
 pub use spec::{
-    build_container_spec, HostFacts, ImageConfig, ImageUsers, PodFiles, PodNamespaces,
-    PodPidNamespace, SpecError, SpecInput,
+    build_container_spec, check_pod_security_modules, validate_hostname, HostFacts, ImageConfig,
+    ImageUsers, PodFiles, PodNamespaces, PodPidNamespace, SecurityModules, SpecError, SpecInput,
 };

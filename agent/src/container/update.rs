@@ -37,7 +37,8 @@ pub async fn update_resources(
         )
         .await?;
     let host = HostFacts::detect(&state.cgroup_layout).map_err(ContainerError::from)?;
-    let mut oci = linux_resources(Some(&resources), Vec::new(), &host);
+    let mut oci =
+        linux_resources(Some(&resources), Vec::new(), &host).map_err(ContainerError::from)?;
     oci.set_devices(None);
     let json = serde_json::to_vec(&oci).expect("OCI resources always serialise");
     client

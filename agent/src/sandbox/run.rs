@@ -17,6 +17,7 @@ use super::{
     namespace_options, network, now_nanos, pid_init, random_id, sandbox_dir, sysctl, teardown,
     NamespacePaths, SandboxError, SandboxRecord, SandboxState, SANDBOX_RECORD_VERSION,
 };
+use crate::container::{self, ContainerError};
 use crate::network::cni_config;
 use crate::network::netns::{self, NamespaceKind};
 use crate::runtime::Runtime;
@@ -155,6 +156,16 @@ fn validate(state: &Runtime, config: &cri::PodSandboxConfig, handler: &str) -> R
         }
     }
     files::resolv_conf(config.dns_config.as_ref()).map_err(SandboxError::from)?;
+    container::validate_hostname("config.hostname", &config.hostname)
+        .map_err(ContainerError::from)?;
+    if let Some(sc) = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+    {
+        container::check_pod_security_modules(sc, &container::SecurityModules::detect())
+            .map_err(ContainerError::from)?;
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use super::SpecError;
 use crate::cgroups::CgroupLayout;
 use berth_mount::MountInfo;
 use oci_spec::runtime::Capability;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// What [`build_container_spec`](super::build_container_spec) needs to know
@@ -31,6 +32,8 @@ pub struct HostFacts {
     /// `/proc/self/mountinfo`: the propagation of bind sources, and the
     /// options of the host's cgroup2 mount.
     pub mountinfo: String,
+    /// AppArmor and SELinux: what the host enforces.
+    pub security_modules: SecurityModules,
 }
 
 impl HostFacts {
@@ -74,6 +77,7 @@ impl HostFacts {
             swap_limit,
             hugetlb,
             mountinfo: read("/proc/self/mountinfo")?,
+            security_modules: SecurityModules::detect(),
         })
     }
 }
@@ -86,6 +90,43 @@ impl HostFacts {
 pub(crate) fn mount_of(mountinfo: &str, path: &Path) -> Option<MountInfo> {
     let table = berth_mount::mountinfo::parse(mountinfo.as_bytes()).ok()?;
     berth_mount::mountinfo::containing(&table, path).cloned()
+}
+
+/// Which Linux security modules the host enforces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecurityModules {
+    /// `None`: AppArmor is not enabled. Otherwise the names of the profiles
+    /// loaded in the kernel.
+    pub apparmor: Option<BTreeSet<String>>,
+    /// SELinux is enabled (selinuxfs is mounted).
+    pub selinux: bool,
+}
+
+impl SecurityModules {
+    /// Reads this host's modules. AppArmor counts as enabled the way runc
+    /// decides it: securityfs shows `apparmor` and the module says `Y`.
+    pub fn detect() -> Self {
+        let apparmor_enabled = Path::new("/sys/kernel/security/apparmor").is_dir()
+            && std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+                .is_ok_and(|v| v.starts_with('Y'));
+        let apparmor = apparmor_enabled.then(|| {
+            std::fs::read_to_string("/sys/kernel/security/apparmor/profiles")
+                .map(|list| parse_apparmor_profiles(&list))
+                .unwrap_or_default()
+        });
+        Self {
+            apparmor,
+            selinux: Path::new("/sys/fs/selinux/enforce").exists(),
+        }
+    }
+}
+
+/// Profile names of `/sys/kernel/security/apparmor/profiles`, whose lines
+/// read `name (mode)`; a name may contain spaces.
+fn parse_apparmor_profiles(list: &str) -> BTreeSet<String> {
+    list.lines()
+        .filter_map(|line| line.rsplit_once(" (").map(|(name, _)| name.to_owned()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -103,6 +144,17 @@ mod tests {
         assert_eq!(m.mount_point, PathBuf::from("/mnt/with space"));
         assert!(m.is_shared());
         assert_eq!(mount_of("not mountinfo\n", Path::new("/")), None);
+    }
+
+    #[test]
+    fn parses_the_kernel_profile_list() {
+        let list =
+            "cri-containerd.apparmor.d (enforce)\n/usr/bin/man (complain)\nwith space (enforce)\n";
+        let names = parse_apparmor_profiles(list);
+        assert_eq!(
+            names.into_iter().collect::<Vec<_>>(),
+            ["/usr/bin/man", "cri-containerd.apparmor.d", "with space"]
+        );
     }
 
     #[test]

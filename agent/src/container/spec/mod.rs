@@ -46,7 +46,9 @@
 //!   since proto3 cannot tell "absent" from "empty" and kubelet always sends
 //!   the defaults itself (an empty list would mean `procMount: Unmasked`,
 //!   which needs user namespaces berth does not support).
-//! - `linux.seccomp`: see `seccomp.rs`. No AppArmor or SELinux settings.
+//! - `linux.seccomp`: see `seccomp.rs`. `process.apparmorProfile`,
+//!   `process.selinuxLabel` and `linux.mountLabel`: see `lsm.rs`; requests
+//!   the host cannot enforce are refused.
 //! - `annotations`: the CRI container annotations plus the
 //!   `io.kubernetes.cri.*` keys containerd sets, which win over annotations
 //!   of the same name.
@@ -54,13 +56,15 @@
 mod capabilities;
 mod devices;
 mod host;
+mod lsm;
 mod mounts;
 mod seccomp;
 mod user;
 
 use crate::cgroups::{self, CgroupDriver, CgroupPathError};
 use berth_proto::cri::v1 as cri;
-pub use host::HostFacts;
+pub use host::{HostFacts, SecurityModules};
+pub use lsm::check_pod as check_pod_security_modules;
 use oci_spec::runtime::{
     Capabilities, Capability, Linux, LinuxCapabilities, LinuxCpu, LinuxHugepageLimit, LinuxMemory,
     LinuxNamespace, LinuxNamespaceType, LinuxResources, Process, Root, Spec, User,
@@ -296,6 +300,9 @@ pub fn build_container_spec(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     let user = user::resolve(sc, pod_sc, &input.image.user, input.users)?;
     let caps = capabilities::resolve(sc, &input.host.capabilities)?;
     let seccomp = seccomp::resolve(sc, &caps)?;
+    let modules = &input.host.security_modules;
+    let apparmor = lsm::container_apparmor(sc, modules)?;
+    let selinux = lsm::container_selinux(sc, pod_sc, modules)?;
     let namespaces = namespaces(input, sc)?;
     let cgroupns = namespaces
         .iter()
@@ -324,9 +331,9 @@ pub fn build_container_spec(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .set_capabilities(Some(oci_capabilities(&caps)))
         .set_rlimits(None)
         .set_no_new_privileges(Some(sc.no_new_privs))
-        .set_apparmor_profile(None)
+        .set_apparmor_profile(apparmor)
         .set_oom_score_adj(resources.map(|r| oom_score_adj(r, input.host.min_oom_score_adj)))
-        .set_selinux_label(None)
+        .set_selinux_label(selinux.as_ref().map(|l| l.process.clone()))
         .set_io_priority(None)
         .set_scheduler(None)
         .set_exec_cpu_affinity(None);
@@ -350,7 +357,7 @@ pub fn build_container_spec(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .set_uid_mappings(None)
         .set_gid_mappings(None)
         .set_sysctl((!sysctls.is_empty()).then_some(sysctls))
-        .set_resources(Some(linux_resources(resources, devices.rules, input.host)))
+        .set_resources(Some(linux_resources(resources, devices.rules, input.host)?))
         .set_cgroups_path(Some(PathBuf::from(cgroups::container_cgroups_path(
             pod_linux.map(|l| l.cgroup_parent.as_str()).unwrap_or(""),
             input.container_id,
@@ -362,7 +369,7 @@ pub fn build_container_spec(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .set_rootfs_propagation(mounts.rootfs_propagation)
         .set_masked_paths(masked)
         .set_readonly_paths(readonly)
-        .set_mount_label(None);
+        .set_mount_label(selinux.map(|l| l.mount));
 
     let mut spec = Spec::default();
     spec.set_version(OCI_VERSION.to_owned())
@@ -568,16 +575,125 @@ fn namespaces(
     Ok(out)
 }
 
+/// The longest hostname the kernel takes (`HOST_NAME_MAX`).
+const HOSTNAME_MAX: usize = 64;
+
+/// Checks a pod's hostname: it becomes one line of `/etc/hostname` and the
+/// UTS name. Dot-separated labels of ASCII letters, digits, `-` and `_`,
+/// none empty or starting or ending with `-`: every DNS-1123 name kubelet
+/// sends (pod names, `hostname.subdomain`) and the hosts' own names under
+/// `hostNetwork`, which may hold upper case or `_`. Empty means "the host's".
+pub fn validate_hostname(field: &str, hostname: &str) -> Result<(), SpecError> {
+    if hostname.is_empty() {
+        return Ok(());
+    }
+    let reason = if hostname.len() > HOSTNAME_MAX {
+        Some(format!("is longer than {HOSTNAME_MAX} bytes"))
+    } else if let Some(c) = hostname
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        Some(format!("holds {c:?}, which no hostname may"))
+    } else if hostname
+        .split('.')
+        .any(|label| label.is_empty() || label.starts_with('-') || label.ends_with('-'))
+    {
+        Some("has an empty label or one starting or ending with '-'".to_owned())
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(SpecError::invalid(
+            field,
+            format!("{hostname:?} is not a valid hostname: {reason}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Checks a cpuset list as the kernel parses it (`cpuset.cpus`): comma
+/// separated numbers or ranges `a-b`, a range optionally strided as
+/// `a-b:used/group`.
+fn validate_cpu_list(field: &str, list: &str) -> Result<(), SpecError> {
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u32>().ok())
+            .flatten()
+    };
+    let item_ok = |item: &str| {
+        let (range, stride) = match item.split_once(':') {
+            Some((range, stride)) => (range, Some(stride)),
+            None => (item, None),
+        };
+        let bounds = match range.split_once('-') {
+            Some((low, high)) => number(low).zip(number(high)),
+            None if stride.is_none() => number(range).map(|n| (n, n)),
+            None => None,
+        };
+        let stride_ok = stride.is_none_or(|s| {
+            s.split_once('/')
+                .and_then(|(used, group)| number(used).zip(number(group)))
+                .is_some_and(|(used, group)| used > 0 && used <= group)
+        });
+        bounds.is_some_and(|(low, high)| low <= high) && stride_ok
+    };
+    match list.split(',').find(|item| !item_ok(item)) {
+        Some(item) => Err(SpecError::invalid(
+            field,
+            format!("{list:?} is not a CPU list like \"0-3,5\" ({item:?})"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Checks the values of the CRI resources that the kernel would refuse, so
+/// the client hears which field is wrong instead of the runtime's error.
+fn validate_resources(r: &cri::LinuxContainerResources) -> Result<(), SpecError> {
+    const FIELD: &str = "linux.resources";
+    // -1 is the kernel's "no limit" for the CFS quota; the others have no
+    // negative meaning (0 leaves them unset).
+    for (name, value, min) in [
+        ("cpu_period", r.cpu_period, 0),
+        ("cpu_quota", r.cpu_quota, -1),
+        ("cpu_shares", r.cpu_shares, 0),
+        ("memory_limit_in_bytes", r.memory_limit_in_bytes, 0),
+        (
+            "memory_swap_limit_in_bytes",
+            r.memory_swap_limit_in_bytes,
+            0,
+        ),
+    ] {
+        if value < min {
+            return Err(SpecError::invalid(
+                format!("{FIELD}.{name}"),
+                format!("{value} is negative"),
+            ));
+        }
+    }
+    for (name, list) in [
+        ("cpuset_cpus", &r.cpuset_cpus),
+        ("cpuset_mems", &r.cpuset_mems),
+    ] {
+        if !list.is_empty() {
+            validate_cpu_list(&format!("{FIELD}.{name}"), list)?;
+        }
+    }
+    Ok(())
+}
+
+/// The OCI resources of a container (create and UpdateContainerResources),
+/// after checking the CRI's values.
 pub(crate) fn linux_resources(
     resources: Option<&cri::LinuxContainerResources>,
     device_rules: Vec<oci_spec::runtime::LinuxDeviceCgroup>,
     host: &HostFacts,
-) -> LinuxResources {
+) -> Result<LinuxResources, SpecError> {
     let mut out = LinuxResources::default();
     out.set_devices(Some(device_rules));
     let Some(r) = resources else {
-        return out;
+        return Ok(out);
     };
+    validate_resources(r)?;
 
     let mut cpu = LinuxCpu::default();
     if r.cpu_period > 0 {
@@ -639,7 +755,7 @@ pub(crate) fn linux_resources(
     if !r.unified.is_empty() {
         out.set_unified(Some(r.unified.clone()));
     }
-    out
+    Ok(out)
 }
 
 fn annotations(input: &SpecInput<'_>) -> HashMap<String, String> {
@@ -737,6 +853,7 @@ mod tests {
                     swap_limit: false,
                     hugetlb: true,
                     mountinfo: "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n".into(),
+                    security_modules: SecurityModules::default(),
                 },
             }
         }
@@ -1637,5 +1754,398 @@ mod tests {
         }
         let back: Spec = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, spec);
+    }
+
+    /// A host with AppArmor (these profiles loaded) and SELinux enabled.
+    fn enforcing_host() -> SecurityModules {
+        SecurityModules {
+            apparmor: Some(
+                [lsm::DEFAULT_APPARMOR_PROFILE, "my-profile"]
+                    .map(str::to_owned)
+                    .into(),
+            ),
+            selinux: true,
+        }
+    }
+
+    #[test]
+    fn apparmor_table() {
+        use cri::security_profile::ProfileType;
+        let profile = |kind: ProfileType, reference: &str| {
+            Some(cri::SecurityProfile {
+                profile_type: kind as i32,
+                localhost_ref: reference.into(),
+            })
+        };
+        type Case<'a> = (
+            &'a str,
+            Option<cri::SecurityProfile>,
+            &'a str,
+            bool,
+            Result<Option<&'a str>, &'a str>,
+            Result<Option<&'a str>, &'a str>,
+        );
+        const UNSUPPORTED: &str = "linux.security_context.apparmor: apparmor is not supported";
+        const UNSUPPORTED_OLD: &str =
+            "linux.security_context.apparmor_profile: apparmor is not supported";
+        // name, apparmor, apparmor_profile, privileged, on a host without
+        // AppArmor, on a host with it.
+        let cases: Vec<Case> = vec![
+            ("nothing asked", None, "", false, Ok(None), Ok(None)),
+            (
+                "runtime default",
+                profile(ProfileType::RuntimeDefault, ""),
+                "",
+                false,
+                Err(UNSUPPORTED),
+                Ok(Some(lsm::DEFAULT_APPARMOR_PROFILE)),
+            ),
+            (
+                "unconfined",
+                profile(ProfileType::Unconfined, ""),
+                "",
+                false,
+                Ok(None),
+                Ok(None),
+            ),
+            (
+                "localhost",
+                profile(ProfileType::Localhost, "localhost/my-profile"),
+                "",
+                false,
+                Err(UNSUPPORTED),
+                Ok(Some("my-profile")),
+            ),
+            (
+                "localhost without prefix",
+                profile(ProfileType::Localhost, "my-profile"),
+                "",
+                false,
+                Err(UNSUPPORTED),
+                Ok(Some("my-profile")),
+            ),
+            (
+                "localhost not loaded",
+                profile(ProfileType::Localhost, "other"),
+                "",
+                false,
+                Err(UNSUPPORTED),
+                Err("linux.security_context.apparmor: AppArmor profile \"other\" is not loaded on this host"),
+            ),
+            (
+                "localhost without a name",
+                profile(ProfileType::Localhost, ""),
+                "",
+                false,
+                Err("linux.security_context.apparmor.localhost_ref: a Localhost profile needs a profile name"),
+                Err("linux.security_context.apparmor.localhost_ref: a Localhost profile needs a profile name"),
+            ),
+            (
+                "the new field wins over the deprecated one",
+                profile(ProfileType::Unconfined, ""),
+                "runtime/default",
+                false,
+                Ok(None),
+                Ok(None),
+            ),
+            (
+                "deprecated runtime/default",
+                None,
+                "runtime/default",
+                false,
+                Err(UNSUPPORTED_OLD),
+                Ok(Some(lsm::DEFAULT_APPARMOR_PROFILE)),
+            ),
+            (
+                "deprecated localhost",
+                None,
+                "localhost/my-profile",
+                false,
+                Err(UNSUPPORTED_OLD),
+                Ok(Some("my-profile")),
+            ),
+            ("deprecated unconfined", None, "unconfined", false, Ok(None), Ok(None)),
+            (
+                "deprecated nonsense",
+                None,
+                "docker/default",
+                false,
+                Err("linux.security_context.apparmor_profile: unknown AppArmor profile \"docker/default\""),
+                Err("linux.security_context.apparmor_profile: unknown AppArmor profile \"docker/default\""),
+            ),
+            (
+                "privileged: refused where unsupported, none where enabled",
+                profile(ProfileType::RuntimeDefault, ""),
+                "",
+                true,
+                Err(UNSUPPORTED),
+                Ok(None),
+            ),
+        ];
+        for (name, apparmor, deprecated, privileged, without, with) in cases {
+            for (host, want) in [
+                (SecurityModules::default(), without),
+                (enforcing_host(), with),
+            ] {
+                let mut f = Fixture::new();
+                f.host.security_modules = host;
+                f.pod_sc().privileged = privileged;
+                f.sc().privileged = privileged;
+                f.sc().apparmor = apparmor.clone();
+                #[allow(deprecated)]
+                {
+                    f.sc().apparmor_profile = deprecated.into();
+                }
+                let got = f
+                    .build()
+                    .map(|s| process(&s).apparmor_profile().clone())
+                    .map_err(|e| e.to_string());
+                match (&got, want) {
+                    (Ok(got), Ok(want)) => {
+                        assert_eq!(got.as_deref(), want, "{name}");
+                    }
+                    (Err(got), Err(want)) => assert!(got.starts_with(want), "{name}: {got}"),
+                    _ => panic!("{name}: got {got:?}, want {want:?}"),
+                }
+                if let Err(e) = f.build() {
+                    assert!(e.is_invalid_argument(), "{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn selinux_table() {
+        let options = |user: &str, role: &str, typ: &str, level: &str| {
+            Some(cri::SeLinuxOption {
+                user: user.into(),
+                role: role.into(),
+                r#type: typ.into(),
+                level: level.into(),
+            })
+        };
+        type Case<'a> = (
+            &'a str,
+            Option<cri::SeLinuxOption>,
+            Option<cri::SeLinuxOption>,
+            Result<Option<(&'a str, &'a str)>, &'a str>,
+        );
+        // name, container options, pod options, labels where SELinux is
+        // enabled; where it is not, every case that sets something fails.
+        let cases: Vec<Case> = vec![
+            ("nothing", None, None, Ok(None)),
+            ("all empty", options("", "", "", ""), None, Ok(None)),
+            (
+                "full label",
+                options("u", "r", "t", "s0:c1,c2"),
+                None,
+                Ok(Some(("u:r:t:s0:c1,c2", "u:object_r:container_file_t:s0:c1,c2"))),
+            ),
+            (
+                "level only",
+                options("", "", "", "s0:c5"),
+                None,
+                Ok(Some((
+                    "system_u:system_r:container_t:s0:c5",
+                    "system_u:object_r:container_file_t:s0:c5",
+                ))),
+            ),
+            (
+                "the pod's when the container has none",
+                None,
+                options("", "", "spc_t", ""),
+                Ok(Some((
+                    "system_u:system_r:spc_t:s0",
+                    "system_u:object_r:container_file_t:s0",
+                ))),
+            ),
+            (
+                "the container's over the pod's",
+                options("", "", "a_t", ""),
+                options("", "", "b_t", ""),
+                Ok(Some((
+                    "system_u:system_r:a_t:s0",
+                    "system_u:object_r:container_file_t:s0",
+                ))),
+            ),
+            (
+                "a colon outside the level",
+                options("", "", "a:b", ""),
+                None,
+                Err("linux.security_context.selinux_options.type: \"a:b\" is not a valid SELinux type"),
+            ),
+        ];
+        for (name, own, pod, want) in cases {
+            let mut f = Fixture::new();
+            f.host.security_modules = enforcing_host();
+            f.sc().selinux_options = own.clone();
+            f.pod_sc().selinux_options = pod.clone();
+            let got = f
+                .build()
+                .map(|s| {
+                    let process = process(&s).selinux_label().clone();
+                    let mount = linux(&s).mount_label().clone();
+                    process.zip(mount)
+                })
+                .map_err(|e| e.to_string());
+            let want = want
+                .map(|w| w.map(|(p, m)| (p.to_owned(), m.to_owned())))
+                .map_err(str::to_owned);
+            assert_eq!(got, want, "{name}");
+
+            f.host.security_modules = SecurityModules::default();
+            let sets_something = [&own, &pod].iter().any(|o| {
+                o.as_ref()
+                    .is_some_and(|o| *o != cri::SeLinuxOption::default())
+            });
+            match f.build() {
+                Ok(spec) => {
+                    assert!(!sets_something, "{name}: accepted without SELinux");
+                    assert!(process(&spec).selinux_label().is_none(), "{name}");
+                    assert!(linux(&spec).mount_label().is_none(), "{name}");
+                }
+                Err(e) => {
+                    assert!(sets_something, "{name}: {e}");
+                    assert!(e.is_invalid_argument());
+                    assert!(
+                        e.to_string()
+                            .contains("selinux_options: selinux is not supported"),
+                        "{name}: {e}"
+                    );
+                }
+            }
+        }
+        // Privileged: valid options, no label.
+        let mut f = Fixture::new();
+        f.host.security_modules = enforcing_host();
+        f.pod_sc().privileged = true;
+        f.sc().privileged = true;
+        f.sc().selinux_options = options("", "", "t", "");
+        let spec = f.spec();
+        assert!(process(&spec).selinux_label().is_none());
+    }
+
+    #[test]
+    fn resources_are_checked_in_create_and_update() {
+        type Case<'a> = (
+            &'a str,
+            fn(&mut cri::LinuxContainerResources),
+            Result<(), &'a str>,
+        );
+        let cases: Vec<Case> = vec![
+            ("all unset", |_| {}, Ok(())),
+            (
+                "legal values",
+                |r| {
+                    r.cpu_period = 100_000;
+                    r.cpu_quota = 50_000;
+                    r.cpu_shares = 512;
+                    r.memory_limit_in_bytes = 1 << 30;
+                    r.memory_swap_limit_in_bytes = 2 << 30;
+                    r.cpuset_cpus = "0-3,5".into();
+                    r.cpuset_mems = "0".into();
+                },
+                Ok(()),
+            ),
+            ("unlimited quota", |r| r.cpu_quota = -1, Ok(())),
+            (
+                "strided cpu list",
+                |r| r.cpuset_cpus = "0-7:2/4,9".into(),
+                Ok(()),
+            ),
+            (
+                "negative memory",
+                |r| r.memory_limit_in_bytes = -5,
+                Err("linux.resources.memory_limit_in_bytes: -5 is negative"),
+            ),
+            (
+                "negative swap",
+                |r| r.memory_swap_limit_in_bytes = -2,
+                Err("linux.resources.memory_swap_limit_in_bytes: -2 is negative"),
+            ),
+            (
+                "negative shares",
+                |r| r.cpu_shares = -1,
+                Err("linux.resources.cpu_shares: -1 is negative"),
+            ),
+            (
+                "quota below -1",
+                |r| r.cpu_quota = -2,
+                Err("linux.resources.cpu_quota: -2 is negative"),
+            ),
+            (
+                "negative period",
+                |r| r.cpu_period = -1,
+                Err("linux.resources.cpu_period: -1 is negative"),
+            ),
+            (
+                "cpus not a list",
+                |r| r.cpuset_cpus = "abc".into(),
+                Err("linux.resources.cpuset_cpus: \"abc\" is not a CPU list"),
+            ),
+            (
+                "reversed range",
+                |r| r.cpuset_cpus = "3-1".into(),
+                Err("linux.resources.cpuset_cpus: \"3-1\" is not a CPU list"),
+            ),
+            (
+                "empty item",
+                |r| r.cpuset_mems = "0,,1".into(),
+                Err("linux.resources.cpuset_mems: \"0,,1\" is not a CPU list"),
+            ),
+            (
+                "negative cpu",
+                |r| r.cpuset_cpus = "-1".into(),
+                Err("linux.resources.cpuset_cpus: \"-1\" is not a CPU list"),
+            ),
+        ];
+        for (name, set, want) in cases {
+            let mut f = Fixture::new();
+            set(f.resources());
+            let got = f.build().map(|_| ()).map_err(|e| e.to_string());
+            match (&got, want) {
+                (Ok(()), Ok(())) => {}
+                (Err(got), Err(want)) => assert!(got.starts_with(want), "{name}: {got}"),
+                _ => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+            // UpdateContainerResources translates with the same function.
+            let resources = f.config.linux.as_ref().and_then(|l| l.resources.as_ref());
+            let update = linux_resources(resources, Vec::new(), &f.host);
+            assert_eq!(update.is_ok(), want.is_ok(), "{name}: update");
+        }
+    }
+
+    #[test]
+    fn hostname_table() {
+        for ok in [
+            "",
+            "pod-a",
+            "web-0.web.default.svc",
+            "Node_1",
+            "a",
+            "0",
+            &"a".repeat(63),
+        ] {
+            validate_hostname("hostname", ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        for bad in [
+            "two\nlines",
+            "with space",
+            "a/b",
+            "-lead",
+            "trail-",
+            "a..b",
+            ".dot",
+            "dot.",
+            "caf\u{e9}",
+            &"a".repeat(65),
+        ] {
+            let err = validate_hostname("config.hostname", bad).expect_err(bad);
+            assert!(
+                err.to_string().starts_with("config.hostname: "),
+                "{bad:?}: {err}"
+            );
+            assert!(err.is_invalid_argument());
+        }
     }
 }
