@@ -1000,6 +1000,9 @@ async fn each_exit_is_logged_once() {
     }
     let broken_pipes = common::logged_lines(&["ERROR", "Broken pipe"]);
     assert!(broken_pipes.is_empty(), "{broken_pipes:#?}");
+    remove_pod(client, &pod).await;
+    daemon.finish().await;
+}
 
 /// Requests the host cannot enforce and resources the kernel would refuse
 /// are InvalidArgument naming the field, in CreateContainer and
