@@ -134,11 +134,9 @@ impl Store {
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::Permissions::from_mode(berth_snapshotter::owner_only::FILE_MODE);
-            std::fs::set_permissions(&path, mode).map_err(|source| {
-                StoreError::OwnerOnly {
-                    path: path.clone(),
-                    source,
-                }
+            std::fs::set_permissions(&path, mode).map_err(|source| StoreError::OwnerOnly {
+                path: path.clone(),
+                source,
             })?;
         }
         let store = Self { db, path };
