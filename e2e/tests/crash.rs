@@ -46,6 +46,17 @@ enum Outcome {
 
 fn main() {
     let mut suite = Suite::new();
+    if !has_failpoints(&berth_e2e::berthd_binary()) {
+        // Fail at once rather than wait for crashes that cannot happen.
+        suite.run("berthd_has_failpoints", || {
+            Err(format!(
+                "{} was built without failpoints: cargo build -p berth-agent -p berth-shim \
+                 --features berth-agent/failpoints",
+                berth_e2e::berthd_binary().display()
+            ))
+        });
+        suite.finish();
+    }
     let registry = match Registry::start(Some("e2e-test-images/busybox")) {
         Ok(registry) => Some(registry),
         Err(e) => {
@@ -67,6 +78,16 @@ fn main() {
     }
     drop(registry);
     suite.finish();
+}
+
+/// True when the berthd binary has the failpoints compiled in (it names
+/// their environment variable only then).
+fn has_failpoints(binary: &Path) -> bool {
+    std::process::Command::new("grep")
+        .args(["-q", "-a", "-F", "BERTH_FAILPOINT"])
+        .arg(binary)
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn ensure(condition: bool, message: impl FnOnce() -> String) -> TestResult {
@@ -147,7 +168,7 @@ fn sandbox_crash_and_recover(berthd: &mut Berthd, failpoint: &str) -> TestResult
 /// Checks that berthd killed itself at `failpoint` while serving the
 /// request that `request` was the client of.
 fn died_at(berthd: &mut Berthd, failpoint: &str, request: &std::process::Output) -> TestResult {
-    let status = berthd.wait_exit(Duration::from_secs(60))?;
+    let status = berthd.wait_exit(Duration::from_secs(30))?;
     ensure(status.signal() == Some(libc_sigkill()), || {
         format!(
             "berthd did not die at {failpoint} (was it built with --features \
