@@ -6,7 +6,7 @@
 # Installs the prerequisites (hack/install.sh), then runs, stopping at the
 # first failure: cargo fmt --check, cargo clippy -D warnings, cargo doc with
 # warnings denied (broken intra-doc links and the like), cargo machete (no
-# unused dependencies), the unit and integration tests, the e2e suite (crictl tests, image tests, pod tests, security tests, then critest with the
+# unused dependencies), the unit and integration tests, the e2e suite (crictl tests, image tests, pod tests, security tests, the crash matrix, then critest with the
 # ratchet of e2e/critest-passing.txt), and a short smoke run of the benchmarks
 # (hack/bench/run.sh --short, figures to a temp dir) so they cannot rot. Needs root: tests create namespaces,
 # mounts and a loopback registry.
@@ -71,8 +71,9 @@ step "unit and integration tests"
 cargo test --workspace --locked --exclude berth-e2e
 
 step "e2e: crictl"
-# berthd finds the shim and berth-init beside itself.
-cargo build --locked -p berth-agent -p berth-shim
+# berthd finds the shim and berth-init beside itself. The test-only
+# failpoints (inert unless BERTH_FAILPOINT is set) serve the crash suite.
+cargo build --locked -p berth-agent -p berth-shim --features berth-agent/failpoints
 export BERTHD="$REPO/target/debug/berthd"
 cargo test --locked -p berth-e2e --test crictl
 
@@ -84,6 +85,9 @@ cargo test --locked -p berth-e2e --test pods
 
 step "e2e: security (other users, idle connections, hostile paths)"
 cargo test --locked -p berth-e2e --test security
+
+step "e2e: crash matrix (kill -9 of berthd at each step of CreateContainer and RunPodSandbox)"
+cargo test --locked -p berth-e2e --test crash
 
 step "benchmarks, short smoke run (fails on an n/a: containerd's, or berth's for a figure docs/benchmarks.json has)"
 bench_out=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-smoke.XXXXXX")

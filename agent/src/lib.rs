@@ -23,6 +23,7 @@ pub mod container;
 pub mod daemon;
 mod error;
 pub mod events;
+pub mod failpoint;
 pub mod memory;
 pub mod metrics;
 pub mod network;

@@ -23,6 +23,13 @@
 //!   died: its `delete` action kills what is left of the container and
 //!   reports the exit it persisted (`exit.json`), or 137; the container is
 //!   recorded as exited with that code.
+//! - A `Creating` container is removed whatever step the crash stopped:
+//!   its shim (if one answers or left an address), then what the OCI
+//!   runtime still has of it under berth's runtime root (`delete --force`:
+//!   a `runc init` that a shim's interrupted `create` left waiting on its
+//!   exec fifo) and anything left in its cgroup, whose path the record
+//!   holds before the shim is launched; then mounts, snapshot, bundle,
+//!   record and name ([`container::teardown::remove`]).
 //! - A container is recorded `Running` only after its shim started it; if
 //!   berthd died in between, the shim's state says so and the record is
 //!   brought up to date.

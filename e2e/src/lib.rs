@@ -87,6 +87,8 @@ pub struct BerthdOptions {
     /// Start berthd with these (soft, hard) limits of open files, as
     /// systemd's defaults would (`prlimit --nofile`).
     pub open_files_limit: Option<(u64, u64)>,
+    /// Environment variables berthd starts with (see [`Berthd::set_env`]).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running berthd on a private root, state dir and socket.
@@ -99,6 +101,7 @@ pub struct Berthd {
     /// The root is a tmpfs the harness mounted (and unmounts).
     root_mounted: bool,
     open_files_limit: Option<(u64, u64)>,
+    env: Vec<(String, String)>,
 }
 
 impl Berthd {
@@ -139,6 +142,7 @@ impl Berthd {
             network,
             root_mounted: false,
             open_files_limit: options.open_files_limit,
+            env: options.env,
         };
         if let Some(mib) = options.root_size_mib {
             let root = berthd.root_dir();
@@ -183,6 +187,7 @@ impl Berthd {
         let child = command
             .arg("--config")
             .arg(self.config_path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
@@ -190,6 +195,42 @@ impl Berthd {
             .map_err(|e| format!("cannot start {}: {e}", berthd_binary().display()))?;
         self.child = Some(child);
         self.wait_ready()
+    }
+
+    /// Replaces the environment variables of the next [`Berthd::restart`].
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.env = env;
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself (say at a
+    /// failpoint) and reaps it.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        let child = self.child.as_mut().ok_or("berthd is not running")?;
+        let mut status = None;
+        wait_until(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        match status {
+            Some(status) => {
+                self.child = None;
+                Ok(status)
+            }
+            None => Err(format!(
+                "berthd still runs after {} s:\n{}",
+                timeout.as_secs(),
+                self.log()
+            )),
+        }
+    }
+
+    /// What the daemon's pods hold on its own CNI network (interfaces on
+    /// its bridge, reserved IPs); empty when the harness wrote no network.
+    pub fn network_leaks(&self) -> Vec<String> {
+        self.network
+            .as_ref()
+            .map(network::Network::leaks)
+            .unwrap_or_default()
     }
 
     /// The config file the harness wrote.

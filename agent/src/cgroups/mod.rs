@@ -4,7 +4,8 @@
 //! names the cgroups of pods and containers for both drivers and maps them
 //! to directories; a [`Cgroup`] is one cgroup's directories under a layout;
 //! `stats.rs` reads its counters ([`CgroupStats`]) on v1 and v2, `oom.rs`
-//! its OOM kills; `files.rs` parses the kernel's file formats.
+//! its OOM kills; `remove.rs` kills and removes what a runtime left;
+//! `files.rs` parses the kernel's file formats.
 //!
 //! berth supports the three layouts found on nodes: legacy v1 (one mount per
 //! controller), hybrid (v1 controllers plus an empty cgroup2 mount, as on
@@ -20,11 +21,13 @@
 mod files;
 mod oom;
 mod path;
+mod remove;
 mod stats;
 
 pub use files::IoDeviceStats;
 pub use oom::oom_killed;
 pub use path::{cgroup_dir, container_cgroups_path, pod_cgroup_dir, CgroupPathError};
+pub use remove::kill_and_remove;
 pub use stats::{CgroupStats, CpuStats, CpuThrottling, MemoryStats, PidsStats, SwapStats};
 
 use crate::config::CgroupDriverSetting;
@@ -71,6 +74,11 @@ pub enum CgroupError {
     NoSystemd,
     #[error("cgroup {path} does not exist")]
     Gone { path: PathBuf },
+    #[error("cannot remove cgroup {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot parse {path}: {line:?}")]
     Parse { path: PathBuf, line: String },
     #[error(transparent)]

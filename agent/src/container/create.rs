@@ -7,9 +7,15 @@
 //! `Creating`; prepare the rootfs snapshot (parent: the image's top chain
 //! ID); mount it briefly to read the image's `/etc/passwd` and
 //! `/etc/group`; build the OCI spec and write the bundle's `config.json`;
-//! launch the shim and create the task (the shim mounts the rootfs and
-//! opens the CRI log); write the record as `Created`; keep the name; start
-//! the exit watcher.
+//! write the record again with the container's cgroup path (so recovery
+//! finds a `runc init` left in it); launch the shim and create the task
+//! (the shim mounts the rootfs and opens the CRI log); write the record as
+//! `Created`; keep the name; start the exit watcher.
+//!
+//! With the `failpoints` feature, `BERTH_FAILPOINT=container-create:<step>`
+//! crashes berthd after the step (`after-record`, `after-bundle`,
+//! `after-shim-start`, `during-task-create`, `after-task-create`,
+//! `after-created`; see `e2e/tests/crash.rs`).
 //!
 //! Like RunPodSandbox the work runs in its own task, and a client that went
 //! away before the end gets its container rolled back.
@@ -24,6 +30,7 @@ use super::{
     build_container_spec, teardown, HostFacts, ImageConfig, ImageUsers, PodFiles, PodNamespaces,
     PodPidNamespace, SpecInput,
 };
+use crate::failpoint;
 use crate::runtime::Runtime;
 use crate::sandbox::{files, now_nanos, random_id, SandboxError, SandboxRecord, SandboxState};
 use crate::shim_client::{self, ShimClient};
@@ -158,6 +165,7 @@ async fn create_task(
         config,
     };
     persist(&state, record.clone()).await?;
+    failpoint::hit("container-create:after-record");
     let parent = image.top_chain_id().map(str::to_owned);
     let made = make(
         &state,
@@ -181,6 +189,7 @@ async fn create_task(
     };
     match created {
         Ok(()) => {
+            failpoint::hit("container-create:after-created");
             creation.commit_name();
             exit::watch(&state, &id);
             let created = berth_proto::cri::v1::ContainerEventType::ContainerCreatedEvent;
@@ -268,6 +277,10 @@ async fn make(
     };
     record.user = prepared.user;
     record.cgroup_path = prepared.cgroup_path;
+    // Before anything runs in it: recovery of an interrupted create finds
+    // the container's cgroup (and a `runc init` left in it) from here.
+    persist(state, record.clone()).await?;
+    failpoint::hit("container-create:after-bundle");
     if let Some(dir) = Path::new(&record.log_path).parent() {
         if !record.log_path.is_empty() {
             std::fs::create_dir_all(dir).map_err(|e| ContainerError::io(dir, e))?;
@@ -280,6 +293,7 @@ async fn make(
         .await
         .map_err(ContainerError::from)?;
     record.task_api = started.task_api;
+    failpoint::hit("container-create:after-shim-start");
     let client = ShimClient::connect(&record.id, &started.address, started.task_api)
         .await
         .map_err(ContainerError::from)?;
@@ -306,7 +320,14 @@ async fn make(
         .into(),
         ..Default::default()
     };
+    // While the shim's `create` runs: the runtime made the container's
+    // state directory, and `runc create` is under way.
+    let runtime_state = settings.runtime_root.join(&record.id);
+    failpoint::hit_when("container-create:during-task-create", move || {
+        runtime_state.exists()
+    });
     record.pid = client.create(request).await.map_err(ContainerError::from)?;
+    failpoint::hit("container-create:after-task-create");
     Ok(())
 }
 

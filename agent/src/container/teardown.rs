@@ -16,10 +16,15 @@ use std::time::Duration;
 /// How long a killed container may take to be reaped before its task is
 /// deleted anyway.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long the OCI runtime's `delete --force` may take.
+const RUNTIME_DELETE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Removes the container of `record` entirely.
 pub async fn remove(state: &Arc<Runtime>, record: &ContainerRecord) -> Result<()> {
     release_shim(state, record).await;
+    if record.state == ContainerState::Creating {
+        release_runtime_leftovers(state, record).await;
+    }
     let blocking_state = state.clone();
     let id = record.id.clone();
     let bundle = record.bundle.clone();
@@ -83,6 +88,58 @@ pub async fn release_shim(state: &Arc<Runtime>, record: &ContainerRecord) {
         Err(_) => {}
     }
     state.containers.forget_client(id);
+}
+
+/// After an interrupted create the shim may not know the runtime's
+/// container: berthd died while the shim's `create` ran, and the shim gave
+/// the call up while `runc create` went on, leaving `runc init` waiting on
+/// its exec fifo in the container's cgroup. The runtime deletes what it
+/// recorded (`delete --force` under berth's runtime root: it kills `runc
+/// init` and removes the cgroup and its state); whatever is left in the
+/// container's cgroup (a create killed before the runtime wrote its state)
+/// is killed and the cgroup removed.
+async fn release_runtime_leftovers(state: &Arc<Runtime>, record: &ContainerRecord) {
+    let id = record.id.as_str();
+    let runtime_root = &state.containers.shim.runtime_root;
+    let deleted = tokio::time::timeout(
+        RUNTIME_DELETE_TIMEOUT,
+        tokio::process::Command::new(&record.runtime)
+            .arg("--root")
+            .arg(runtime_root)
+            .args(["delete", "--force", id])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await;
+    match deleted {
+        Ok(Ok(output)) if output.status.success() => {
+            tracing::info!(
+                id,
+                "deleted the runtime's container of an interrupted create"
+            );
+        }
+        // The usual case: the shim deleted it, or it was never made.
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(id, runtime = %record.runtime.display(), error = %e, "cannot run the OCI runtime")
+        }
+        Err(_) => tracing::warn!(id, "the OCI runtime's delete --force did not finish"),
+    }
+    if record.cgroup_path.is_empty() {
+        // The create died before it chose a cgroup: nothing ran.
+        return;
+    }
+    let blocking_state = state.clone();
+    let cgroup_path = record.cgroup_path.clone();
+    let removed = tokio::task::spawn_blocking(move || {
+        crate::cgroups::kill_and_remove(&blocking_state.cgroup_layout, &cgroup_path)
+    })
+    .await
+    .expect("removing a cgroup does not panic");
+    if let Err(e) = removed {
+        tracing::warn!(id, error = %e, "cannot remove the cgroup of an interrupted create");
+    }
 }
 
 /// Lets the shim of an exited container go: deletes the task (the shim

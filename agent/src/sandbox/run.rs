@@ -7,6 +7,9 @@
 //! (hostname set in the UTS one), the pod sysctls, the pod files and
 //! `/dev/shm`; start the PID init if the pod shares a PID namespace; CNI
 //! ADD; write the record as `Ready` with the ADD result; keep the name.
+//! With the `failpoints` feature, `BERTH_FAILPOINT=sandbox-run:<step>`
+//! crashes berthd after a step (`after-record`, `after-namespaces`,
+//! `after-pid-init`, `after-cni-add`; see `e2e/tests/crash.rs`).
 //!
 //! The work runs in its own task: a client that gives up (kubelet's
 //! deadline) does not cut it in half. When the client has gone by the
@@ -18,6 +21,7 @@ use super::{
     NamespacePaths, SandboxError, SandboxRecord, SandboxState, SANDBOX_RECORD_VERSION,
 };
 use crate::container::{self, ContainerError};
+use crate::failpoint;
 use crate::network::cni_config;
 use crate::network::netns::{self, NamespaceKind};
 use crate::runtime::Runtime;
@@ -189,6 +193,7 @@ async fn create(
         pid: (options.pid == cri::NamespaceMode::Pod as i32).then(|| record.dir.join("pidns")),
     };
     persist(&state, record.clone()).await?;
+    failpoint::hit("sandbox-run:after-record");
 
     let made = make(&state, &mut record, &mut client_gone).await;
     let made = made.and_then(|()| match client_gone.try_recv() {
@@ -235,11 +240,13 @@ async fn make(
     tokio::task::spawn_blocking(move || make_local(&snapshot))
         .await
         .expect("making the sandbox dir does not panic")?;
+    failpoint::hit("sandbox-run:after-namespaces");
     if abandoned(client_gone) {
         return Err(SandboxError::Abandoned.into());
     }
     if let Some(pidns) = record.namespaces.pid.clone() {
         record.init_pid = Some(pid_init::start(&record.dir, &pidns).await?);
+        failpoint::hit("sandbox-run:after-pid-init");
     }
     if abandoned(client_gone) {
         return Err(SandboxError::Abandoned.into());
@@ -251,6 +258,7 @@ async fn make(
         let net = record.network.as_mut().expect("checked above");
         net.result = Some(result);
         net.ips = ips;
+        failpoint::hit("sandbox-run:after-cni-add");
     }
     Ok(())
 }
