@@ -25,6 +25,15 @@ use std::time::{Duration, Instant};
 /// A test's failure, as a message.
 pub type TestResult = Result<(), String>;
 
+/// `Ok` when `condition` holds, else the failure `message` describes.
+pub fn ensure(condition: bool, message: impl FnOnce() -> String) -> TestResult {
+    if condition {
+        Ok(())
+    } else {
+        Err(message())
+    }
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -446,6 +455,15 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// As [`Registry::start`], for a suite whose tests need it: a registry
+    /// that cannot start is reported and `None`, so those tests fail with
+    /// the reason while the others still run.
+    pub fn start_or_report(only: Option<&str>) -> Option<Self> {
+        Self::start(only)
+            .map_err(|e| println!("cannot start the loopback registry: {e}"))
+            .ok()
+    }
+
     /// Starts the registry on a free loopback port, pushes the test images
     /// (`only`: a regex of upstream names, as build-and-push.sh's ONLY) and
     /// writes hosts.toml mirrors for every upstream registry.

@@ -9,7 +9,7 @@
 //! The same for RunPodSandbox (`sandbox-run:<step>`): no pod, namespace
 //! mount, pod init, veth or IP is left, and the name is free.
 
-use berth_e2e::{Berthd, BerthdOptions, Registry, Suite, TestResult};
+use berth_e2e::{ensure, Berthd, BerthdOptions, Registry, Suite, TestResult};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -57,13 +57,7 @@ fn main() {
         });
         suite.finish();
     }
-    let registry = match Registry::start(Some("e2e-test-images/busybox")) {
-        Ok(registry) => Some(registry),
-        Err(e) => {
-            println!("cannot start the loopback registry: {e}");
-            None
-        }
-    };
+    let registry = Registry::start_or_report(Some("e2e-test-images/busybox"));
     let mirrors = registry.as_ref().map(Registry::mirrors_dir);
     for (failpoint, outcome) in FAILPOINTS {
         let name = format!("kill_9_at_{}", failpoint.replace([':', '-'], "_"));
@@ -88,14 +82,6 @@ fn has_failpoints(binary: &Path) -> bool {
         .arg(binary)
         .status()
         .is_ok_and(|s| s.success())
-}
-
-fn ensure(condition: bool, message: impl FnOnce() -> String) -> TestResult {
-    if condition {
-        Ok(())
-    } else {
-        Err(message())
-    }
 }
 
 fn crash_at(mirrors: &Path, failpoint: &str, outcome: Outcome) -> TestResult {

@@ -1,6 +1,6 @@
 //! crictl against a real berthd: what a node operator would type.
 
-use berth_e2e::{berthd_binary, wait_until, Berthd, BerthdOptions, Suite, TestResult};
+use berth_e2e::{berthd_binary, ensure, wait_until, Berthd, BerthdOptions, Suite, TestResult};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -36,14 +36,6 @@ fn main() {
         config_default_prints_every_section,
     );
     suite.finish();
-}
-
-fn ensure(condition: bool, message: impl FnOnce() -> String) -> TestResult {
-    if condition {
-        Ok(())
-    } else {
-        Err(message())
-    }
 }
 
 fn crictl_version() -> TestResult {

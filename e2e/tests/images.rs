@@ -2,7 +2,7 @@
 //! list, inspect, remove, filesystem usage, errors, and a crash mid-pull.
 
 use berth_e2e::stall::StallingProxy;
-use berth_e2e::{wait_until, Berthd, BerthdOptions, Registry, Suite, TestResult};
+use berth_e2e::{ensure, wait_until, Berthd, BerthdOptions, Registry, Suite, TestResult};
 use std::path::Path;
 use std::time::Duration;
 
@@ -70,14 +70,6 @@ fn main() {
     });
     drop(registry);
     suite.finish();
-}
-
-fn ensure(condition: bool, message: impl FnOnce() -> String) -> TestResult {
-    if condition {
-        Ok(())
-    } else {
-        Err(message())
-    }
 }
 
 fn json(text: &str) -> Result<serde_json::Value, String> {

@@ -3,7 +3,7 @@
 //! running. Each test stops its daemon and checks for leaks.
 
 use berth_e2e::leaks::{pids_running, process_exited};
-use berth_e2e::{wait_until, Berthd, BerthdOptions, Registry, Suite, TestResult};
+use berth_e2e::{ensure, wait_until, Berthd, BerthdOptions, Registry, Suite, TestResult};
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,13 +17,7 @@ fn main() {
         "pods_survive_kill_9_of_berthd",
         pods_survive_kill_9_of_berthd,
     );
-    let registry = match Registry::start(Some("e2e-test-images/busybox")) {
-        Ok(registry) => Some(registry),
-        Err(e) => {
-            println!("cannot start the loopback registry: {e}");
-            None
-        }
-    };
+    let registry = Registry::start_or_report(Some("e2e-test-images/busybox"));
     let mirrors = registry.as_ref().map(Registry::mirrors_dir);
     let with_images = |test: fn(&mut Berthd) -> TestResult| {
         let mirrors = mirrors.clone();
@@ -56,14 +50,6 @@ fn main() {
     );
     drop(registry);
     suite.finish();
-}
-
-fn ensure(condition: bool, message: impl FnOnce() -> String) -> TestResult {
-    if condition {
-        Ok(())
-    } else {
-        Err(message())
-    }
 }
 
 /// Writes a pod config for crictl; returns its path.

@@ -4,7 +4,7 @@
 //! crictl, runc and the loopback registry; each test stops its daemon and
 //! checks for leaks.
 
-use berth_e2e::{tool, wait_until, Berthd, BerthdOptions, Registry, Suite, TestResult};
+use berth_e2e::{ensure, tool, wait_until, Berthd, BerthdOptions, Registry, Suite, TestResult};
 use std::io::Read;
 use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -23,13 +23,7 @@ fn main() {
         "idle_metrics_connections_do_not_starve_the_cri",
         idle_metrics_connections_do_not_starve_the_cri,
     );
-    let registry = match Registry::start(Some("e2e-test-images/busybox")) {
-        Ok(registry) => Some(registry),
-        Err(e) => {
-            println!("cannot start the loopback registry: {e}");
-            None
-        }
-    };
+    let registry = Registry::start_or_report(Some("e2e-test-images/busybox"));
     let mirrors = registry.as_ref().map(|r| r.mirrors_dir().to_owned());
     suite.run("container_state_is_unreachable_by_other_users", || {
         let mirrors = mirrors.clone().ok_or("no registry")?;
@@ -53,14 +47,6 @@ fn main() {
     });
     drop(registry);
     suite.finish();
-}
-
-fn ensure(condition: bool, message: impl FnOnce() -> String) -> TestResult {
-    if condition {
-        Ok(())
-    } else {
-        Err(message())
-    }
 }
 
 /// Runs `body` on a fresh berthd; whatever the outcome, removes every pod
