@@ -3,7 +3,8 @@
 #
 #   hack/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
-# Installs cargo-fuzz (crates.io) if missing and runs each target of
+# Needs cargo-fuzz and the nightly toolchain (hack/install.sh installs
+# cargo-fuzz and checks for nightly) and runs each target of
 # imageservice/fuzz (reference, manifest, image_config, apply_layer) with
 # the nightly toolchain for SECONDS_PER_TARGET (default 60). apply_layer
 # needs root. Crashes land in imageservice/fuzz/artifacts/<target>/.
@@ -19,7 +20,7 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(reference manifest image_config apply_layer)
 . "$REPO/hack/env.sh"
-command -v cargo-fuzz >/dev/null || quietly "cargo install cargo-fuzz" cargo install --locked cargo-fuzz
+command -v cargo-fuzz >/dev/null || die "cargo-fuzz not found: run hack/install.sh"
 rustup toolchain list | grep -q '^nightly' || die "cargo-fuzz needs a nightly toolchain (rustup toolchain install nightly)"
 cd "$REPO/imageservice"
 for target in "${targets[@]}"; do

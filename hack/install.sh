@@ -10,6 +10,8 @@
 #   - cargo-machete $CARGO_MACHETE_VERSION (crates.io, `cargo install --locked`),
 #     the unused-dependency check of hack/test.sh; skipped when
 #     `cargo machete --version` already reports that version
+#   - cargo-fuzz $CARGO_FUZZ_VERSION likewise, for the fuzz step (with the
+#     nightly toolchain, which must be there)
 #   - crictl and critest from cri-tools $CRI_TOOLS_VERSION, built with Go into
 #     $BINDIR; critest is skipped when $STAMP_DIR/critest-<version>.stamp exists
 #     and $BINDIR/critest too, crictl when `crictl --version` reports the version
@@ -30,6 +32,7 @@ esac
 
 CRI_TOOLS_VERSION=v1.37.0
 CARGO_MACHETE_VERSION=0.9.2
+CARGO_FUZZ_VERSION=0.13.1
 BINDIR=${BINDIR:-/usr/local/bin}
 STAMP_DIR=${STAMP_DIR:-/usr/local/lib/berth}
 
@@ -120,18 +123,29 @@ install_rust() {
     fi
 }
 
-cargo_machete_current() {
-    # It prints the bare version ("0.9.2").
+# cargo_tool_current BIN VERSION: `BIN --version` ends with VERSION
+# (cargo-machete prints "0.9.2", cargo-fuzz "cargo-fuzz 0.13.1").
+cargo_tool_current() {
     local out
-    out=$(cargo machete --version 2>/dev/null) || return 1
-    [ "${out##* }" = "$CARGO_MACHETE_VERSION" ]
+    out=$("$1" --version 2>/dev/null) || return 1
+    [ "${out##* }" = "$2" ]
 }
 
-install_cargo_machete() {
-    cargo_machete_current && return
-    quietly "cargo install cargo-machete@$CARGO_MACHETE_VERSION" \
-        cargo install --locked --quiet "cargo-machete@$CARGO_MACHETE_VERSION"
-    cargo_machete_current || die "cargo machete does not report $CARGO_MACHETE_VERSION after the install"
+# install_cargo_tool CRATE VERSION: `cargo install --locked` it from
+# crates.io unless the installed binary (named as the crate) reports VERSION.
+install_cargo_tool() {
+    local crate=$1 version=$2
+    cargo_tool_current "$crate" "$version" && return
+    quietly "cargo install $crate@$version" cargo install --locked --quiet "$crate@$version"
+    cargo_tool_current "$crate" "$version" || die "$crate does not report $version after the install"
+}
+
+# The fuzz step of hack/test.sh: cargo-fuzz and the nightly toolchain it
+# builds with (the machine image ships it; rustup cannot download one here).
+install_fuzzing() {
+    install_cargo_tool cargo-fuzz "$CARGO_FUZZ_VERSION"
+    rustup toolchain list | grep -q '^nightly' ||
+        die "the fuzz targets need a nightly toolchain: rustup toolchain install nightly"
 }
 
 setup_go() {
@@ -221,6 +235,7 @@ print_versions() {
     row rustfmt "$(first_line rustfmt --version)"
     row clippy "$(first_line cargo clippy --version)"
     row cargo-machete "$(first_line cargo machete --version)"
+    row cargo-fuzz "$(first_line cargo fuzz --version)"
     row go "$(first_line "$GO" version)"
     row crictl "$(first_line "$BINDIR/crictl" --version)"
     row containerd-shim "$("$EXTERNAL_SHIM" -v 2>&1 | grep -m1 Version | tr -s " \t" " " || true)"
@@ -252,7 +267,8 @@ install_external_shim() {
 install_apt_packages
 install_external_shim
 install_rust
-install_cargo_machete
+install_cargo_tool cargo-machete "$CARGO_MACHETE_VERSION"
+install_fuzzing
 setup_go
 install_crictl
 install_critest

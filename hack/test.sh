@@ -7,7 +7,7 @@
 # first failure: cargo fmt --check, cargo clippy -D warnings, cargo doc with
 # warnings denied (broken intra-doc links and the like), cargo machete (no
 # unused dependencies), the unit and integration tests, the e2e suite (crictl tests, image tests, pod tests, security tests, the crash matrix, then critest with the
-# ratchet of e2e/critest-passing.txt), and a short smoke run of the benchmarks
+# ratchet of e2e/critest-passing.txt), 15 s of each fuzz target, and a short smoke run of the benchmarks
 # (hack/bench/run.sh --short, figures to a temp dir) so they cannot rot. Needs root: tests create namespaces,
 # mounts and a loopback registry.
 #
@@ -93,6 +93,9 @@ step "benchmarks, short smoke run (fails on an n/a: containerd's, or berth's for
 bench_out=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-smoke.XXXXXX")
 BERTHD="$BERTHD" BENCH_OUT="$bench_out/benchmarks" "$REPO/hack/bench/run.sh" --short
 rm -rf "$bench_out"
+
+step "fuzz: every fuzz target for 15 s (a crash fails the run; its input lands in imageservice/fuzz/artifacts/)"
+"$REPO/hack/fuzz.sh" 15
 
 step "e2e: critest conformance (ratchet: every spec in e2e/critest-passing.txt)"
 cargo test --locked -p berth-e2e --test critest
