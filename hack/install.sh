@@ -15,11 +15,17 @@
 #   - crictl and critest from cri-tools $CRI_TOOLS_VERSION, built with Go into
 #     $BINDIR; critest is skipped when $STAMP_DIR/critest-<version>.stamp exists
 #     and $BINDIR/critest too, crictl when `crictl --version` reports the version
+#   - containerd $CONTAINERD_VERSION and its runc shim, built with Go from the
+#     module proxy into $CONTAINERD_DIR/bin: hack/bench's reference runtime
+#     (beside Debian's containerd 1.6, which hack/bench installs itself);
+#     skipped when both binaries there report the version
 #
 # Environment:
 #   BINDIR=DIR        where crictl and critest go (default /usr/local/bin)
 #   STAMP_DIR=DIR     build stamps (default /usr/local/lib/berth)
 #   GO=PATH           go binary (default: go on PATH, else /usr/local/go/bin/go)
+#   CONTAINERD_DIR=DIR  containerd's build cache, by version (default
+#                     /var/cache/berth/containerd-$CONTAINERD_VERSION)
 set -euo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -33,8 +39,10 @@ esac
 CRI_TOOLS_VERSION=v1.37.0
 CARGO_MACHETE_VERSION=0.9.2
 CARGO_FUZZ_VERSION=0.13.1
+CONTAINERD_VERSION=v2.4.2
 BINDIR=${BINDIR:-/usr/local/bin}
 STAMP_DIR=${STAMP_DIR:-/usr/local/lib/berth}
+CONTAINERD_DIR=${CONTAINERD_DIR:-/var/cache/berth/containerd-$CONTAINERD_VERSION}
 
 # Debian packages, each with what needs it.  Checked against
 # `apt-mark showmanual` of a fresh machine of the project's kind: what that
@@ -213,6 +221,44 @@ install_critest() {
         "$("$GO" version)" >"$stamp"
 }
 
+# containerd_current BIN: $CONTAINERD_DIR/bin/BIN reports $CONTAINERD_VERSION
+# ("containerd github.com/containerd/containerd/v2 v2.4.2 ..."; the shim
+# prints "Version: v2.4.2" among other lines).
+containerd_current() {
+    local bin=$CONTAINERD_DIR/bin/$1
+    [ -x "$bin" ] || return 1
+    case $1 in
+        containerd) "$bin" --version 2>/dev/null | grep -qw -- "$CONTAINERD_VERSION" ;;
+        *) "$bin" -v 2>/dev/null | grep -qw -- "$CONTAINERD_VERSION" ;;
+    esac
+}
+
+# install_containerd: containerd and containerd-shim-runc-v2 at
+# $CONTAINERD_VERSION for hack/bench, kept out of PATH (the node's runtime
+# is berth) and out of the repository. `go install pkg@version` builds from
+# containerd's own go.mod (its replaces and pinned versions); cgo is off, so
+# btrfs and devmapper (cgo only) are left out by tag, and the shim is built
+# as containerd's Makefile builds it (no_grpc). About 6 min of CPU cold.
+install_containerd() {
+    containerd_current containerd && containerd_current containerd-shim-runc-v2 && return
+    local module=github.com/containerd/containerd/v2 tmp=$WORK/containerd
+    local version_flags="-X $module/version.Version=$CONTAINERD_VERSION -X $module/version.Package=github.com/containerd/containerd/v2"
+    mkdir -p "$tmp"
+    quietly "building containerd $CONTAINERD_VERSION" \
+        env GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS=-buildvcs=false nice -n 10 "$GO" install -trimpath \
+        -tags "no_btrfs no_devmapper" -ldflags "$version_flags" "$module/cmd/containerd@$CONTAINERD_VERSION"
+    quietly "building containerd-shim-runc-v2 $CONTAINERD_VERSION" \
+        env GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS=-buildvcs=false nice -n 10 "$GO" install -trimpath \
+        -tags no_grpc -ldflags "$version_flags" "$module/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+    mkdir -p "$CONTAINERD_DIR/bin"
+    local bin
+    for bin in containerd containerd-shim-runc-v2; do
+        install -m 0755 "$tmp/$bin" "$CONTAINERD_DIR/bin/.$bin.new"
+        mv -f "$CONTAINERD_DIR/bin/.$bin.new" "$CONTAINERD_DIR/bin/$bin"
+        containerd_current "$bin" || die "$CONTAINERD_DIR/bin/$bin does not report $CONTAINERD_VERSION after the build"
+    done
+}
+
 first_line() {
     "$@" 2>&1 | head -n 1 || true
 }
@@ -240,6 +286,7 @@ print_versions() {
     row crictl "$(first_line "$BINDIR/crictl" --version)"
     row containerd-shim "$("$EXTERNAL_SHIM" -v 2>&1 | grep -m1 Version | tr -s " \t" " " || true)"
     row critest "$("$BINDIR/critest" --version 2>/dev/null | grep -m1 '^critest version' || true)"
+    row containerd "$(first_line "$CONTAINERD_DIR/bin/containerd" --version) (hack/bench)"
     # A crictl earlier on PATH (e.g. an old `go install` into ~/go/bin) would
     # shadow the one installed here.
     local found
@@ -272,4 +319,5 @@ install_fuzzing
 setup_go
 install_crictl
 install_critest
+install_containerd
 print_versions
