@@ -45,13 +45,24 @@ pub fn repo_root() -> PathBuf {
 /// The `berthd` binary under test: `$BERTHD`, else the workspace's debug
 /// build (the test script builds it first).
 pub fn berthd_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("BERTHD") {
+    built_binary("BERTHD", "berthd")
+}
+
+/// The load generator `berth-load`: `$BERTH_LOAD`, else the workspace's
+/// debug build (`cargo build -p berth-loadgen`).
+pub fn berth_load_binary() -> PathBuf {
+    built_binary("BERTH_LOAD", "berth-load")
+}
+
+/// `$VAR`, else `name` in the workspace's debug target dir.
+fn built_binary(var: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(var) {
         return PathBuf::from(path);
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
-    target.join("debug/berthd")
+    target.join("debug").join(name)
 }
 
 /// A tool installed by `hack/install.sh` (crictl, critest), found on PATH
