@@ -6,7 +6,7 @@
 # Installs the prerequisites (hack/install.sh), then runs, stopping at the
 # first failure: cargo fmt --check, cargo clippy -D warnings, cargo doc with
 # warnings denied (broken intra-doc links and the like), cargo machete (no
-# unused dependencies), the unit and integration tests, the e2e suite (crictl tests, image tests, pod tests, security tests, the crash matrix, then critest with the
+# unused dependencies), the unit and integration tests, the e2e suite (crictl tests, image tests, pod tests, security tests, the crash matrix, the load run, then critest with the
 # ratchet of e2e/critest-passing.txt), 15 s of each fuzz target, and a short smoke run of the benchmarks
 # (hack/bench/run.sh --short, figures to a temp dir) so they cannot rot. Needs root: tests create namespaces,
 # mounts and a loopback registry.
@@ -73,8 +73,10 @@ cargo test --workspace --locked --exclude berth-e2e
 step "e2e: crictl"
 # berthd finds the shim and berth-init beside itself. The test-only
 # failpoints (inert unless BERTH_FAILPOINT is set) serve the crash suite.
-cargo build --locked -p berth-agent -p berth-shim --features berth-agent/failpoints
+# berth-load is the load generator of the load suite and of the bench.
+cargo build --locked -p berth-agent -p berth-shim -p berth-loadgen --features berth-agent/failpoints
 export BERTHD="$REPO/target/debug/berthd"
+export BERTH_LOAD="$REPO/target/debug/berth-load"
 cargo test --locked -p berth-e2e --test crictl
 
 step "e2e: images (pull through mirrors, crash mid-pull)"
@@ -89,9 +91,12 @@ cargo test --locked -p berth-e2e --test security
 step "e2e: crash matrix (kill -9 of berthd at each step of CreateContainer and RunPodSandbox)"
 cargo test --locked -p berth-e2e --test crash
 
+step "e2e: load (berth-load: 30 pods at concurrency 6 with List/Status calls beside them; zero errors, zero leaks)"
+cargo test --locked -p berth-e2e --test load
+
 step "benchmarks, short smoke run (fails on an n/a: containerd's, or berth's for a figure docs/benchmarks.json has)"
 bench_out=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-smoke.XXXXXX")
-BERTHD="$BERTHD" BENCH_OUT="$bench_out/benchmarks" "$REPO/hack/bench/run.sh" --short
+BERTHD="$BERTHD" BERTH_LOAD="$BERTH_LOAD" BENCH_OUT="$bench_out/benchmarks" "$REPO/hack/bench/run.sh" --short
 rm -rf "$bench_out"
 
 step "fuzz: every fuzz target for 15 s (a crash fails the run; its input lands in imageservice/fuzz/artifacts/)"
