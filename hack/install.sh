@@ -25,7 +25,7 @@
 #   STAMP_DIR=DIR     build stamps (default /usr/local/lib/berth)
 #   GO=PATH           go binary (default: go on PATH, else /usr/local/go/bin/go)
 #   CONTAINERD_DIR=DIR  containerd's build cache, by version (default
-#                     /var/cache/berth/containerd-$CONTAINERD_VERSION)
+#                     /var/cache/berth/containerd-$CONTAINERD_VERSION; both in hack/lib.sh)
 set -euo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -39,10 +39,8 @@ esac
 CRI_TOOLS_VERSION=v1.37.0
 CARGO_MACHETE_VERSION=0.9.2
 CARGO_FUZZ_VERSION=0.13.1
-CONTAINERD_VERSION=v2.4.2
 BINDIR=${BINDIR:-/usr/local/bin}
 STAMP_DIR=${STAMP_DIR:-/usr/local/lib/berth}
-CONTAINERD_DIR=${CONTAINERD_DIR:-/var/cache/berth/containerd-$CONTAINERD_VERSION}
 
 # Debian packages, each with what needs it.  Checked against
 # `apt-mark showmanual` of a fresh machine of the project's kind: what that

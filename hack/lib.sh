@@ -11,6 +11,13 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SHARED=${BERTH_SHARED:-$REPO/../shared}
 PROG=${PROG:-$(basename "$0")}
 
+# containerd 2.4, hack/bench's reference runtime: hack/install.sh builds it
+# and its runc shim into $CONTAINERD_DIR/bin, hack/bench/run.sh runs them.
+# shellcheck disable=SC2034
+CONTAINERD_VERSION=v2.4.2
+# shellcheck disable=SC2034
+CONTAINERD_DIR=${CONTAINERD_DIR:-/var/cache/berth/containerd-$CONTAINERD_VERSION}
+
 # die MESSAGE...: print "PROG: MESSAGE" on stderr and exit 1.
 die() {
     echo "$PROG: $*" >&2

@@ -3,31 +3,39 @@
 #
 #   hack/bench/run.sh [--short]
 #
-# One run sets up both runtimes on the same loopback registry (port
-# $BENCH_PORT, default: a free one that hack/registry.sh picks), the same images and the same CNI config (bridge
-# benchbr0, 10.77.0.0/16), then runs each benchmark against both, alternating
-# which runtime goes first: cold pull of bench/large:1, the pod lifecycle
-# (serial and parallel), density (N sleeping pods) and `critest -benchmark`.
-# It writes docs/benchmarks.md and docs/benchmarks.json: median, p99 and the
-# berth/containerd ratio of every figure.  Where berth lacks an RPC its column
+# One run sets up three runtimes -- berth, containerd 2.4 (the reference,
+# built by hack/install.sh) and Debian's containerd 1.6 (the older baseline)
+# -- on the same loopback registry (port $BENCH_PORT, default: a free one
+# that hack/registry.sh picks), the same images and the same CNI config
+# (bridge benchbr0, 10.77.0.0/16), then runs each benchmark against each,
+# rotating which runtime goes first: cold pull of bench/large:1, the pod
+# lifecycle (serial and parallel), density (N sleeping pods), load
+# (berth-load: pod lifecycles at a concurrency with List/Status calls beside
+# them) and `critest -benchmark`. It writes docs/benchmarks.md and
+# docs/benchmarks.json: median and p99 of every figure for each runtime and
+# the berth / containerd 2.4 ratio.  Where berth lacks an RPC its column
 # reads "n/a: <the error crictl or critest got>"; nothing is asserted.
 #
 #   --short   few iterations (1 pull, 5 serial and 3 parallel lifecycles,
-#             5 pods, a small critest config): a few minutes, for CI
+#             5 pods, 6 load pods at 3, a small critest config): a few
+#             minutes, for CI
 #   (default) full: 5 pulls, 50 serial + 3x10 parallel lifecycles, 30 pods,
-#             critest with 50 pods/containers
+#             300 load pods at 20, critest with 50 pods/containers
 #
-# Installs what it needs (hack/install.sh, plus Debian's containerd), builds
-# berthd in release mode unless BERTHD=PATH is given.  Everything it starts
-# (berthd, containerd and its shims, the registry) runs from one temp dir and
-# is stopped by PID; the dir, the bridge and containerd's pods are removed at
-# the end, and leftovers (processes, mounts, network namespaces) are reported.
+# Installs what it needs (hack/install.sh, which builds containerd 2.4, plus
+# Debian's containerd), builds berthd and berth-load in release mode unless
+# BERTHD=PATH is given (berth-load then in debug mode, unless
+# BERTH_LOAD=PATH).  Everything it starts (berthd, the containerds and their
+# shims, the registry) runs from one temp dir and is stopped by PID; the
+# dir, the bridge and containerd's pods are removed at the end, and
+# leftovers (processes, mounts, network namespaces) are reported.
 #
 # Exit status: 0 unless the setup fails, a leftover had to be removed,
-# containerd (the reference) could not produce a figure, or berth got an n/a
-# for a figure that the committed docs/benchmarks.json has for it.
+# containerd 2.4 (the reference) could not produce a figure, or berth got an
+# n/a for a figure that the committed docs/benchmarks.json has for it
+# (containerd 1.6's n/a cells are only reported).
 #
-# Environment: BERTHD=PATH, BENCH_PORT=PORT, LARGE_MIB=N (size of the pulled
+# Environment: BERTHD=PATH, BERTH_LOAD=PATH, BENCH_PORT=PORT, LARGE_MIB=N (size of the pulled
 # image, default 150), KEEP=1 (keep the temp dir: daemon and critest logs),
 # BENCH_OUT=PREFIX (write PREFIX.md and PREFIX.json instead of
 # docs/benchmarks.*; the test command uses it so CI's smoke run leaves the
@@ -69,11 +77,24 @@ if [ "$(dpkg-query -W -f='${db:Status-Status}' containerd 2>/dev/null || true)" 
     quietly "apt-get install containerd" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends containerd
 fi
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 if [ -z "${BERTHD:-}" ]; then
     quietly "build berthd and the static shim (release)" build_release
-    BERTHD=${CARGO_TARGET_DIR:-$REPO/target}/release/berthd
+    BERTHD=$TARGET/release/berthd
+    if [ -z "${BERTH_LOAD:-}" ]; then
+        quietly "build berth-load (release)" cargo build --release --locked -p berth-loadgen
+        BERTH_LOAD=$TARGET/release/berth-load
+    fi
+fi
+if [ -z "${BERTH_LOAD:-}" ]; then
+    quietly "build berth-load" cargo build --locked -p berth-loadgen
+    BERTH_LOAD=$TARGET/debug/berth-load
 fi
 [ -x "$BERTHD" ] || die "berthd not found at $BERTHD"
+[ -x "$BERTH_LOAD" ] || die "berth-load not found at $BERTH_LOAD"
+# Where hack/install.sh put containerd 2.4 (hack/lib.sh names the dir).
+CONTAINERD_BIN=$CONTAINERD_DIR/bin
+[ -x "$CONTAINERD_BIN/containerd" ] || die "containerd 2.4 not found in $CONTAINERD_BIN (hack/install.sh builds it)"
 
 # --- the temp dir and its cleanup -------------------------------------------
 WORK=$(mktemp -d /tmp/berth-bench.XXXXXX)
@@ -193,6 +214,7 @@ EOF
 # SIGTERM on and the driver stops its daemons.
 python3 "$REPO/hack/bench/bench.py" \
     --mode "$MODE" --work "$WORK" --berthd "$BERTHD" --registry "127.0.0.1:$PORT" \
-    --repo "$REPO" --out "${BENCH_OUT:-$REPO/docs/benchmarks}" &
+    --repo "$REPO" --out "${BENCH_OUT:-$REPO/docs/benchmarks}" \
+    --containerd-bin "$CONTAINERD_BIN" --berth-load "$BERTH_LOAD" &
 DRIVER=$!
 wait "$DRIVER"
