@@ -1,10 +1,10 @@
 //! berth-load: a load generator for any CRI runtime (berthd, containerd).
 //!
-//! Layout: [`run`] connects to the runtime's socket ([`client`]), pulls the
-//! image, then runs [`Options::pods`] pod lifecycles ([`pod`]), at most
+//! Layout: [`run`] connects to the runtime's socket (`client.rs`), pulls the
+//! image, then runs [`Options::pods`] pod lifecycles (`pod.rs`), at most
 //! [`Options::concurrency`] at once, while [`Options::hammer`] tasks make
-//! List/Status calls back to back ([`hammer`]); every call's latency and
-//! every error go to one recorder ([`stats`]). Once the pods are done it
+//! List/Status calls back to back (`hammer.rs`); every call's latency and
+//! every error go to one recorder (`stats.rs`). Once the pods are done it
 //! removes whatever of the run the runtime still lists (each such object
 //! is an error: a lifecycle that finished must leave nothing) and returns
 //! a [`Report`]: throughput, latency percentiles per CRI method and per
