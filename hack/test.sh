@@ -94,7 +94,7 @@ cargo test --locked -p berth-e2e --test crash
 step "e2e: load (berth-load: 30 pods at concurrency 6 with List/Status calls beside them; zero errors, zero leaks)"
 cargo test --locked -p berth-e2e --test load
 
-step "benchmarks, short smoke run (fails on an n/a: containerd's, or berth's for a figure docs/benchmarks.json has)"
+step "benchmarks, short smoke run against containerd 2.4 and 1.6 (fails on an n/a: containerd 2.4's, or berth's for a figure docs/benchmarks.json has)"
 bench_out=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-smoke.XXXXXX")
 BERTHD="$BERTHD" BERTH_LOAD="$BERTH_LOAD" BENCH_OUT="$bench_out/benchmarks" "$REPO/hack/bench/run.sh" --short
 rm -rf "$bench_out"
