@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The containers of every pod, by CRI name.
-const CONTAINERS: [&str; 2] = ["first", "second"];
+pub(crate) const CONTAINERS: [&str; 2] = ["first", "second"];
 /// How long a container's first line may take to reach its log file.
 const LOG_WAIT: Duration = Duration::from_secs(30);
 /// ExecSync's own timeout, in seconds.

@@ -1,5 +1,6 @@
 //! The report of a run: a text table for people, JSON for hack/bench.
 
+use crate::pod::CONTAINERS;
 use crate::stats::{Percentiles, Samples};
 use std::fmt;
 use std::time::Duration;
@@ -13,10 +14,13 @@ pub struct Report {
     pub runtime: String,
     /// Pod lifecycles asked for.
     pub pods: usize,
+    /// Pod lifecycles at once.
     pub concurrency: usize,
+    /// List/Status tasks.
     pub hammer: usize,
     /// From the first RunPodSandbox to the end of the last lifecycle.
     pub wall: Duration,
+    /// Every latency and error recorded.
     pub samples: Samples,
 }
 
@@ -50,7 +54,7 @@ impl Report {
             "endpoint": self.endpoint,
             "runtime": self.runtime,
             "pods": self.pods,
-            "containers_per_pod": 2,
+            "containers_per_pod": CONTAINERS.len(),
             "concurrency": self.concurrency,
             "hammer_tasks": self.hammer,
             "wall_s": self.wall.as_secs_f64(),
@@ -75,9 +79,14 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "berth-load: {} pods (2 containers each) at concurrency {}, {} List/Status task(s), \
+            "berth-load: {} pods ({} containers each) at concurrency {}, {} List/Status task(s), \
              against {} ({})",
-            self.pods, self.concurrency, self.hammer, self.runtime, self.endpoint
+            self.pods,
+            CONTAINERS.len(),
+            self.concurrency,
+            self.hammer,
+            self.runtime,
+            self.endpoint
         )?;
         writeln!(
             f,

@@ -70,6 +70,7 @@ impl Recorder {
 /// 100 samples is the maximum), in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Percentiles {
+    /// How many samples.
     pub n: usize,
     pub p50: f64,
     pub p90: f64,
