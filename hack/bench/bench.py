@@ -642,7 +642,7 @@ class Bench:
                 d.stop()
 
     def start_warm(self):
-        """Start both daemons on fresh roots for the remaining benchmarks;
+        """Start every daemon on fresh roots for the remaining benchmarks;
         pull pause and busybox, then one unmeasured lifecycle."""
         for d in self.daemons:
             d.reset()
@@ -676,7 +676,7 @@ class Bench:
         self.res.section(sec, f"Pod lifecycle, serial ({n} iterations)",
                          f"`crictl runp` → `create` → `start` → `stopp` → `rmp`, pod with one container "
                          f"(`{BUSYBOX}`, `sleep 3600`), images already pulled; each step is one crictl "
-                         "process, so its ~20-40 ms start-up is in every step for both runtimes.")
+                         "process, so its ~20-40 ms start-up is in every step for every runtime.")
         metrics = [("whole lifecycle", "ms")] + [(s, "ms") for s in LIFECYCLE_STEPS]
         for i in range(n):
             for d in order(self.daemons, i):

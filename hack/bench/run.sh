@@ -169,7 +169,7 @@ cleanup() {
     if ip link show "$BRIDGE" >/dev/null 2>&1; then
         ip link del "$BRIDGE"
     fi
-    # Network namespaces: the pods of both runtimes must be gone.  Others
+    # Network namespaces: the pods of every runtime must be gone.  Others
     # (tests running beside us) may add some too, so this only reports.
     local extra
     extra=$(comm -13 <(echo "$netns_before") <(ip netns list 2>/dev/null | awk '{print $1}' | sort) | tr '\n' ' ')
