@@ -27,6 +27,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll, Waker};
 
@@ -62,8 +63,12 @@ pub struct Config {
     /// REFUSED_STREAM. Port-forward opens two per forwarded connection.
     pub max_streams: usize,
     /// Unread bytes buffered per stream, also the receive window this side
-    /// announces (SETTINGS_INITIAL_WINDOW_SIZE).
+    /// announces (SETTINGS_INITIAL_WINDOW_SIZE). At least 1 KiB.
     pub stream_buffer: u32,
+    /// Unread bytes buffered across all streams: reading the connection
+    /// pauses beyond it, whatever the peer's flow control (a peer filling
+    /// a thousand windows at once).
+    pub connection_buffer: usize,
     /// Largest DATA frame this side writes (Go's io.Copy writes 32 KiB).
     pub write_chunk: usize,
     /// Frame and header-block size limits on what is read.
@@ -75,6 +80,7 @@ impl Default for Config {
         Self {
             max_streams: 1024,
             stream_buffer: 256 * 1024,
+            connection_buffer: 4 * 1024 * 1024,
             write_chunk: 32 * 1024,
             limits: Limits::default(),
         }
@@ -213,6 +219,10 @@ struct Shared {
     /// Serialises ID allocation with sending SYN_STREAM: IDs must reach the
     /// wire in increasing order.
     open_lock: tokio::sync::Mutex<()>,
+    /// Unread bytes in all streams' buffers.
+    buffered: AtomicUsize,
+    /// The reader, waiting for `buffered` to drop below the cap.
+    space_waker: Mutex<Option<Waker>>,
 }
 
 impl Shared {
@@ -220,6 +230,22 @@ impl Shared {
         self.state
             .lock()
             .expect("connection lock is never poisoned")
+    }
+
+    /// `n` buffered bytes were read or discarded.
+    fn release(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.buffered.fetch_sub(n, Ordering::AcqRel);
+        let waker = self
+            .space_waker
+            .lock()
+            .expect("waker lock is never poisoned")
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Queues a control frame without waiting (bounded by the stream cap:
@@ -336,10 +362,12 @@ impl Connection {
         Self::start(io, config, Role::Client)
     }
 
-    fn start<T>(io: T, config: Config, role: Role) -> Self
+    fn start<T>(io: T, mut config: Config, role: Role) -> Self
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
+        config.stream_buffer = config.stream_buffer.clamp(1024, MAX_STREAM_ID);
+        config.connection_buffer = config.connection_buffer.max(1024);
         let (read, write) = tokio::io::split(io);
         let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
         let (accept_tx, accept) = mpsc::channel(config.max_streams.max(1));
@@ -372,6 +400,8 @@ impl Connection {
             ctrl_ready: Notify::new(),
             ctrl_space: Notify::new(),
             open_lock: tokio::sync::Mutex::new(()),
+            buffered: AtomicUsize::new(0),
+            space_waker: Mutex::new(None),
         });
         let stop = CancellationToken::new();
         tokio::spawn(write_loop(write, shared.clone(), rx, stop.clone()));
@@ -498,19 +528,20 @@ struct Core {
 
 impl Drop for Core {
     fn drop(&mut self) {
-        let unfinished = {
+        let (unfinished, discarded) = {
             let mut s = self.stream.lock();
             s.dropped = true;
             s.recv.clear();
-            s.recv_len = 0;
+            let discarded = std::mem::take(&mut s.recv_len);
             let unfinished = !s.finished();
             if unfinished {
                 s.local = Half::Reset(RstStatus::CANCEL);
                 s.remote = Half::Reset(RstStatus::CANCEL);
             }
             s.wake_all();
-            unfinished
+            (unfinished, discarded)
         };
+        self.conn.release(discarded);
         if unfinished {
             // Through the ordered channel: the RST must follow the DATA this
             // stream queued, or the peer drops that data.
@@ -664,6 +695,7 @@ impl RecvStream {
             let update = (s.remote.is_open() && s.unacked >= core.conn.config.stream_buffer / 2)
                 .then(|| std::mem::take(&mut s.unacked));
             drop(s);
+            core.conn.release(n);
             if let Some(delta) = update {
                 core.conn.queue_window_update(core.stream.id, delta);
             }
@@ -776,8 +808,10 @@ impl SendStream {
             s.local = Half::Reset(status);
             s.remote = Half::Reset(status);
             s.recv.clear();
-            s.recv_len = 0;
+            let discarded = std::mem::take(&mut s.recv_len);
             s.wake_all();
+            drop(s);
+            core.conn.release(discarded);
         }
         core.conn.maybe_remove(&core.stream);
         poll_fn(|cx| self.poll_reserve(cx)).await?;
@@ -1131,8 +1165,13 @@ impl Reader {
                         buf.split_to(n).freeze()
                     };
                     let mut s = stream.lock();
-                    s.recv_len += n;
-                    s.recv.push_back(chunk);
+                    // Counted under the stream's lock, so that whoever
+                    // empties the buffer (a read, a drop) releases after.
+                    if !s.dropped && s.remote.is_open() {
+                        self.shared.buffered.fetch_add(n, Ordering::AcqRel);
+                        s.recv_len += n;
+                        s.recv.push_back(chunk);
+                    }
                     if let Some(waker) = s.read_waker.take() {
                         waker.wake();
                     }
@@ -1147,16 +1186,29 @@ impl Reader {
     /// Waits until the stream's buffer has room (the back-pressure of a peer
     /// that ignores windows), or until it no longer takes data.
     async fn room(&self, stream: &StreamShared, cap: usize) -> Result<Room> {
+        let total = self.shared.config.connection_buffer;
         let wait = poll_fn(|cx| {
             let mut s = stream.lock();
             if s.dropped || !s.remote.is_open() {
-                Poll::Ready(Room::Discard)
-            } else if s.recv_len < cap {
-                Poll::Ready(Room::Bytes(cap - s.recv_len))
-            } else {
-                s.space_waker = Some(cx.waker().clone());
-                Poll::Pending
+                return Poll::Ready(Room::Discard);
             }
+            let room = cap.saturating_sub(s.recv_len);
+            if room == 0 {
+                s.space_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            drop(s);
+            // Register before looking, so a read in between still wakes.
+            *self
+                .shared
+                .space_waker
+                .lock()
+                .expect("waker lock is never poisoned") = Some(cx.waker().clone());
+            let shared_room = total.saturating_sub(self.shared.buffered.load(Ordering::Acquire));
+            if shared_room == 0 {
+                return Poll::Pending;
+            }
+            Poll::Ready(Room::Bytes(room.min(shared_room)))
         });
         tokio::select! {
             room = wait => Ok(room),

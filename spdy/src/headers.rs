@@ -248,14 +248,16 @@ impl HeaderDecoder {
     /// error the context is out of step with the peer's: the connection
     /// must end.
     pub fn decode(&mut self, compressed: &[u8]) -> Result<Headers> {
-        let mut out = Vec::with_capacity((compressed.len() * 4).clamp(64, self.max + 1));
+        // One byte past the cap tells a block at the cap from one above it.
+        let limit = self.max.saturating_add(1);
+        let mut out = Vec::with_capacity(compressed.len().saturating_mul(4).max(64).min(limit));
         let start = self.zlib.total_in();
         loop {
             if out.len() == out.capacity() {
                 if out.len() > self.max {
                     return Err(Error::HeaderBlockTooLarge { max: self.max });
                 }
-                out.reserve((out.len()).clamp(64, self.max + 1 - out.len()));
+                out.reserve_exact(out.len().max(64).min(limit - out.len()));
             }
             let consumed = usize::try_from(self.zlib.total_in() - start)
                 .expect("consumed input fits the frame's usize length");
@@ -361,11 +363,13 @@ mod tests {
         enc.encode(&headers(&[("x", &"a".repeat(1 << 20))]), &mut wire)
             .expect("encode");
         assert!(wire.len() < 8 * 1024, "{} bytes", wire.len());
-        let mut dec = HeaderDecoder::new(64 * 1024);
-        assert!(matches!(
-            dec.decode(&wire),
-            Err(Error::HeaderBlockTooLarge { max: 65536 })
-        ));
+        for max in [0, 1, 63, 64, 65, 64 * 1024] {
+            let mut dec = HeaderDecoder::new(max);
+            assert!(matches!(
+                dec.decode(&wire),
+                Err(Error::HeaderBlockTooLarge { max: m }) if m == max
+            ));
+        }
     }
 
     #[test]

@@ -488,3 +488,65 @@ async fn dropping_every_handle_closes_the_socket() {
     .await;
     assert!(peer.recv().await.is_none(), "the socket closes");
 }
+
+#[tokio::test]
+async fn the_connection_wide_buffer_is_released_by_reads_and_drops() {
+    let config = Config {
+        stream_buffer: 1 << 20,
+        connection_buffer: 64 * 1024,
+        ..Config::default()
+    };
+    let (mut server, mut peer) = RawPeer::connect(config).await;
+    for id in [1, 3, 5, 7, 9] {
+        peer.syn(id, "s").await;
+    }
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        streams.push(server.accept().await.expect("accepted"));
+    }
+    let dropped = streams.remove(0);
+    let sends: Vec<(u32, Vec<u8>)> = [1u32, 3, 5, 7, 9]
+        .iter()
+        .map(|&id| (id, payload(id as u8, 1 << 20)))
+        .collect();
+    let writer = {
+        let sends = sends.clone();
+        tokio::spawn(async move {
+            // Stream 1 first: 1 MiB, far past the 64 KiB the whole
+            // connection may hold, then the others interleaved.
+            for (id, data) in &sends[..1] {
+                peer.send(Frame::Data {
+                    stream_id: *id,
+                    fin: true,
+                    data: Bytes::copy_from_slice(data),
+                })
+                .await;
+            }
+            for piece in 0..16 {
+                for (id, data) in &sends[1..] {
+                    let chunk = &data[piece * 65536..(piece + 1) * 65536];
+                    peer.send(Frame::Data {
+                        stream_id: *id,
+                        fin: piece == 15,
+                        data: Bytes::copy_from_slice(chunk),
+                    })
+                    .await;
+                }
+            }
+            peer
+        })
+    };
+    // Dropping the stream nobody reads frees the connection for the rest,
+    // read all at once.
+    drop(dropped);
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| tokio::spawn(async move { (s.id(), read_to_end(&mut s).await) }))
+        .collect();
+    for reader in readers {
+        let (id, got) = reader.await.expect("reader");
+        let want = &sends.iter().find(|(i, _)| *i == id).expect("sent").1;
+        assert!(got == *want, "stream {id} differs");
+    }
+    writer.await.expect("writer");
+}
