@@ -9,20 +9,6 @@
 //! order (a stream's SYN_REPLY before its DATA, its DATA before its RST or
 //! the GOAWAY), and, ahead of it, a small control queue (PING replies,
 //! WINDOW_UPDATE, refusals) that never blocks whoever fills it.
-//!
-//! Lifecycle: the writer ends, shutting the write half, once the
-//! [`Connection`] and every [`Stream`] handle are dropped (after writing
-//! what they queued), when writing fails, or after a protocol error (with a
-//! GOAWAY); it then stops the reader. The reader ends at the peer's EOF
-//! (streams the peer had not finished then fail to read with
-//! [`Error::ConnectionClosed`]). Dropping a stream that is not closed both
-//! ways resets it (RST_STREAM CANCEL).
-//!
-//! Memory: at most [`Config::stream_buffer`] unread bytes per stream (see
-//! the crate doc for how that meets flow control), [`Config::max_streams`]
-//! open streams (more are refused with REFUSED_STREAM), 64 queued frames of
-//! at most [`Config::write_chunk`] bytes on the writer's channel, and a
-//! bounded control queue.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::poll_fn;
@@ -73,6 +59,9 @@ pub struct Config {
     pub write_chunk: usize,
     /// Frame and header-block size limits on what is read.
     pub limits: Limits,
+    /// How long the writer may go on flushing once every handle is
+    /// dropped, before the connection is cut (a peer that no longer reads).
+    pub linger: std::time::Duration,
 }
 
 impl Default for Config {
@@ -83,6 +72,7 @@ impl Default for Config {
             connection_buffer: 4 * 1024 * 1024,
             write_chunk: 32 * 1024,
             limits: Limits::default(),
+            linger: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -221,6 +211,8 @@ struct Shared {
     open_lock: tokio::sync::Mutex<()>,
     /// Unread bytes in all streams' buffers.
     buffered: AtomicUsize,
+    /// Stops both tasks at once ([`Connection::abort`], [`Config::linger`]).
+    kill: CancellationToken,
     /// The reader, waiting for `buffered` to drop below the cap.
     space_waker: Mutex<Option<Waker>>,
 }
@@ -334,14 +326,59 @@ impl Shared {
 /// A SPDY connection: the streams the peer opens arrive through
 /// [`accept`](Connection::accept); [`open`](Connection::open) starts one.
 ///
-/// Must be created inside a tokio runtime (it spawns its reader and
-/// writer). Dropping it leaves open streams working; the connection ends
-/// once they are dropped too.
+/// Must be created inside a tokio runtime: it spawns a reader task and a
+/// writer task. Dropping it leaves open streams working.
+///
+/// Lifecycle: the writer ends, shutting the write half, once the
+/// `Connection` and every [`Stream`] are dropped (after writing what they
+/// queued), when writing fails, or after a protocol error in what the peer
+/// sent (answered with GOAWAY PROTOCOL_ERROR); it then stops the reader.
+/// The reader ends at the peer's EOF; streams the peer had not finished
+/// then fail to read with [`Error::ConnectionClosed`]. Dropping a stream
+/// that is not closed both ways resets it (RST_STREAM CANCEL, after the
+/// DATA it queued). A peer that stops reading cannot hold the tasks:
+/// [`Config::linger`] after the last handle is dropped, or at
+/// [`abort`](Connection::abort), both stop wherever they are and the
+/// socket is dropped.
+///
+/// Memory: at most [`Config::stream_buffer`] unread bytes per stream and
+/// [`Config::connection_buffer`] in all (see the crate doc for how that
+/// meets flow control), [`Config::max_streams`] open streams (more are
+/// refused with REFUSED_STREAM), 64 queued frames of at most
+/// [`Config::write_chunk`] bytes on the writer's channel, and a bounded
+/// control queue.
 #[derive(Debug)]
 pub struct Connection {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Frame>,
     accept: mpsc::Receiver<Stream>,
+    _linger: Arc<Linger>,
+}
+
+/// Held by the connection and every stream: when the last goes, the
+/// connection gets [`Config::linger`] to flush, then is cut.
+#[derive(Debug)]
+struct Linger {
+    kill: CancellationToken,
+    after: std::time::Duration,
+}
+
+impl Drop for Linger {
+    fn drop(&mut self) {
+        let kill = self.kill.clone();
+        let after = self.after;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(after) => kill.cancel(),
+                        _ = kill.cancelled() => {}
+                    }
+                });
+            }
+            Err(_) => kill.cancel(),
+        }
+    }
 }
 
 impl Connection {
@@ -402,10 +439,16 @@ impl Connection {
             open_lock: tokio::sync::Mutex::new(()),
             buffered: AtomicUsize::new(0),
             space_waker: Mutex::new(None),
+            kill: CancellationToken::new(),
         });
-        let stop = CancellationToken::new();
-        tokio::spawn(write_loop(write, shared.clone(), rx, stop.clone()));
+        let stop = shared.kill.child_token();
+        tokio::spawn(write_loop(write, shared.clone(), rx));
+        let linger = Arc::new(Linger {
+            kill: shared.kill.clone(),
+            after: config.linger,
+        });
         let reader = Reader {
+            linger: Arc::downgrade(&linger),
             shared: shared.clone(),
             tx: tx.downgrade(),
             accept: accept_tx,
@@ -413,7 +456,12 @@ impl Connection {
             decoder: HeaderDecoder::new(config.limits.max_header_block),
         };
         tokio::spawn(reader.run(read));
-        Self { shared, tx, accept }
+        Self {
+            shared,
+            tx,
+            accept,
+            _linger: linger,
+        }
     }
 
     /// The next stream the peer opened, with its headers; `None` once the
@@ -459,7 +507,14 @@ impl Connection {
             unidirectional: false,
             headers: headers.clone(),
         };
-        let handle = Stream::new(self.shared.clone(), stream, headers, false, self.tx.clone());
+        let handle = Stream::new(
+            self.shared.clone(),
+            stream,
+            headers,
+            false,
+            self.tx.clone(),
+            self._linger.clone(),
+        );
         self.tx
             .send(frame)
             .await
@@ -486,6 +541,12 @@ impl Connection {
             })
             .await
             .map_err(|_| Error::ConnectionClosed)
+    }
+
+    /// Ends the connection at once: both tasks stop, whatever is queued is
+    /// dropped, every stream fails. For a peer that stops reading.
+    pub fn abort(&self) {
+        self.shared.kill.cancel();
     }
 
     /// Streams currently open (not yet closed both ways).
@@ -519,6 +580,7 @@ pub struct SendStream {
 /// stream.
 #[derive(Debug)]
 struct Core {
+    _linger: Arc<Linger>,
     conn: Arc<Shared>,
     tx: mpsc::Sender<Frame>,
     stream: Arc<StreamShared>,
@@ -573,8 +635,10 @@ impl Stream {
         headers: Headers,
         peer_initiated: bool,
         tx: mpsc::Sender<Frame>,
+        linger: Arc<Linger>,
     ) -> Self {
         let core = Arc::new(Core {
+            _linger: linger,
             conn,
             tx: tx.clone(),
             stream,
@@ -949,16 +1013,20 @@ impl AsyncWrite for Stream {
     }
 }
 
-async fn write_loop<W: AsyncWrite>(
-    io: W,
-    shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Frame>,
-    stop: CancellationToken,
-) {
+async fn write_loop<W: AsyncWrite>(io: W, shared: Arc<Shared>, mut rx: mpsc::Receiver<Frame>) {
     let mut io = std::pin::pin!(io);
-    let _ = write_frames(&mut io, &shared, &mut rx).await;
-    let _ = io.shutdown().await;
-    stop.cancel();
+    let kill = shared.kill.clone();
+    tokio::select! {
+        _ = write_frames(&mut io, &shared, &mut rx) => {
+            tokio::select! {
+                _ = io.shutdown() => {}
+                _ = kill.cancelled() => {}
+            }
+        }
+        _ = kill.cancelled() => {}
+    }
+    // Stops the reader (and any linger timer).
+    kill.cancel();
     rx.close();
     shared.close_all(true);
 }
@@ -1023,6 +1091,8 @@ async fn write_frames<W: AsyncWrite>(
 
 struct Reader {
     shared: Arc<Shared>,
+    /// Weak, like `tx`: new streams hold it, the reader does not.
+    linger: std::sync::Weak<Linger>,
     /// Weak, so that the writer ends once every handle is gone.
     tx: mpsc::WeakSender<Frame>,
     accept: mpsc::Sender<Stream>,
@@ -1364,7 +1434,7 @@ impl Reader {
         if let Some(status) = refusal {
             return self.refuse(id, status).await;
         }
-        let Some(tx) = self.tx.upgrade() else {
+        let (Some(tx), Some(linger)) = (self.tx.upgrade(), self.linger.upgrade()) else {
             // Every handle is gone: the connection is ending.
             return self.refuse(id, RstStatus::REFUSED_STREAM).await;
         };
@@ -1387,7 +1457,7 @@ impl Reader {
             }
             stream
         };
-        let handle = Stream::new(self.shared.clone(), stream, headers, true, tx);
+        let handle = Stream::new(self.shared.clone(), stream, headers, true, tx, linger);
         if let Err(
             mpsc::error::TrySendError::Full(handle) | mpsc::error::TrySendError::Closed(handle),
         ) = self.accept.try_send(handle)

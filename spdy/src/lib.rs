@@ -20,10 +20,29 @@
 //! at the start, WINDOW_UPDATE as the application reads) for peers that
 //! do flow control, enforces the peer's windows on what it writes only once
 //! the peer shows it does flow control (sends SETTINGS or WINDOW_UPDATE),
-//! and holds at most [`Config::stream_buffer`] unread bytes per stream:
-//! a flow-controlled peer never exceeds that, and from a peer that does,
-//! the connection stops reading until the application drains the stream,
-//! which is what spdystream itself does to a Go peer.
+//! and holds at most [`Config::stream_buffer`] unread bytes per stream
+//! ([`Config::connection_buffer`] in all): a flow-controlled peer never
+//! exceeds the first, and from a peer that does, the connection stops
+//! reading until the application drains the stream, which is what
+//! spdystream itself does to a Go peer.
+//!
+//! ```no_run
+//! # async fn serve(io: tokio::net::TcpStream) -> berth_spdy::Result<()> {
+//! use berth_spdy::{Config, Connection, Headers};
+//!
+//! let mut conn = Connection::server(io, Config::default());
+//! while let Some(mut stream) = conn.accept().await {
+//!     let kind = stream.headers().get("streamtype").unwrap_or_default();
+//!     let stdout = kind == "stdout";
+//!     stream.reply(Headers::new(), false).await?;
+//!     if stdout {
+//!         stream.write_all(b"hello\n").await?;
+//!         stream.close().await?; // FIN
+//!     }
+//! }
+//! conn.close().await?; // GOAWAY: the Go peer stops reading, so last
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
 

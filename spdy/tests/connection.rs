@@ -550,3 +550,63 @@ async fn the_connection_wide_buffer_is_released_by_reads_and_drops() {
     }
     writer.await.expect("writer");
 }
+
+#[tokio::test]
+async fn abort_frees_a_connection_whose_peer_stopped_reading() {
+    let (mut server, mut peer) = RawPeer::connect(Config::default()).await;
+    peer.syn(1, "stdout").await;
+    let mut stream = server.accept().await.expect("accepted");
+    stream.reply(Headers::new(), false).await.expect("reply");
+    // The raw peer does no flow control and reads nothing: the writer
+    // blocks on the socket, then the stream on the writer's channel.
+    let writer = tokio::spawn(async move {
+        let chunk = vec![0u8; 1 << 20];
+        loop {
+            if let Err(e) = stream.write_all(&chunk).await {
+                return e;
+            }
+        }
+    });
+    // Wait until the writer is stuck: the peer's socket stops accepting.
+    let mut seen = 0usize;
+    while seen < 1 << 20 {
+        let mut buf = vec![0u8; 64 * 1024];
+        seen += peer.io.read(&mut buf).await.expect("read");
+    }
+    server.abort();
+    assert!(matches!(
+        writer.await.expect("writer"),
+        Error::ConnectionClosed | Error::StreamReset { .. }
+    ));
+    // The socket is closed: the peer reads what was in flight, then EOF.
+    let mut rest = Vec::new();
+    peer.io.read_to_end(&mut rest).await.expect("read to EOF");
+    assert!(server.accept().await.is_none());
+}
+
+#[tokio::test]
+async fn the_last_handle_dropped_cuts_a_peer_that_stopped_reading() {
+    let config = Config {
+        linger: std::time::Duration::from_millis(50),
+        ..Config::default()
+    };
+    let (mut server, mut peer) = RawPeer::connect(config).await;
+    peer.syn(1, "stdout").await;
+    let mut stream = server.accept().await.expect("accepted");
+    stream.reply(Headers::new(), false).await.expect("reply");
+    let writer = tokio::spawn(async move {
+        let chunk = vec![0u8; 1 << 20];
+        while stream.write_all(&chunk).await.is_ok() {}
+    });
+    let mut seen = 0usize;
+    while seen < 1 << 20 {
+        let mut buf = vec![0u8; 64 * 1024];
+        seen += peer.io.read(&mut buf).await.expect("read");
+    }
+    // Every handle goes while the writer is stuck on the peer's socket.
+    writer.abort();
+    let _ = writer.await;
+    drop(server);
+    let mut rest = Vec::new();
+    peer.io.read_to_end(&mut rest).await.expect("read to EOF");
+}
