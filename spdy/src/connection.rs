@@ -211,6 +211,8 @@ struct Shared {
     open_lock: tokio::sync::Mutex<()>,
     /// Unread bytes in all streams' buffers.
     buffered: AtomicUsize,
+    /// Bytes read or discarded, not yet returned to the session window.
+    session_unacked: AtomicUsize,
     /// Stops both tasks at once ([`Connection::abort`], [`Config::linger`]).
     kill: CancellationToken,
     /// The reader, waiting for `buffered` to drop below the cap.
@@ -230,6 +232,7 @@ impl Shared {
             return;
         }
         self.buffered.fetch_sub(n, Ordering::AcqRel);
+        self.credit(n);
         let waker = self
             .space_waker
             .lock()
@@ -237,6 +240,19 @@ impl Shared {
             .take();
         if let Some(waker) = waker {
             waker.wake();
+        }
+    }
+
+    /// `n` bytes of DATA are off the peer's session window for good (read,
+    /// or discarded): return them (SPDY/3.1's WINDOW_UPDATE on stream 0)
+    /// once half the session window is due.
+    fn credit(&self, n: usize) {
+        let due = self.session_unacked.fetch_add(n, Ordering::AcqRel) + n;
+        if due >= self.config.connection_buffer / 2 {
+            let due = self.session_unacked.swap(0, Ordering::AcqRel);
+            if due > 0 {
+                self.queue_window_update(0, u32::try_from(due).unwrap_or(MAX_STREAM_ID));
+            }
         }
     }
 
@@ -277,7 +293,7 @@ impl Shared {
 
     fn queue_window_update(&self, id: u32, delta: u32) {
         let mut state = self.lock();
-        if state.closed || !state.streams.contains_key(&id) {
+        if state.closed || (id != 0 && !state.streams.contains_key(&id)) {
             return;
         }
         let pending = state.window_updates.entry(id).or_insert(0);
@@ -419,6 +435,20 @@ impl Connection {
                 value: config.stream_buffer.min(MAX_STREAM_ID),
             }],
         });
+        // SPDY/3.1's session window starts at 64 KiB for all streams
+        // together: raise it to what this side buffers.
+        let session = u32::try_from(config.connection_buffer).unwrap_or(MAX_STREAM_ID);
+        if let Some(delta) = session
+            .min(MAX_STREAM_ID)
+            .checked_sub(DEFAULT_WINDOW as u32)
+        {
+            if delta > 0 {
+                ctrl.push_back(Frame::WindowUpdate {
+                    stream_id: 0,
+                    delta,
+                });
+            }
+        }
         let shared = Arc::new(Shared {
             role,
             config,
@@ -438,6 +468,7 @@ impl Connection {
             ctrl_space: Notify::new(),
             open_lock: tokio::sync::Mutex::new(()),
             buffered: AtomicUsize::new(0),
+            session_unacked: AtomicUsize::new(0),
             space_waker: Mutex::new(None),
             kill: CancellationToken::new(),
         });
@@ -1241,12 +1272,18 @@ impl Reader {
                         self.shared.buffered.fetch_add(n, Ordering::AcqRel);
                         s.recv_len += n;
                         s.recv.push_back(chunk);
-                    }
-                    if let Some(waker) = s.read_waker.take() {
-                        waker.wake();
+                        if let Some(waker) = s.read_waker.take() {
+                            waker.wake();
+                        }
+                    } else {
+                        drop(s);
+                        self.shared.credit(n);
                     }
                 }
-                None => buf.advance(n),
+                None => {
+                    buf.advance(n);
+                    self.shared.credit(n);
+                }
             }
             remaining -= n;
         }
