@@ -438,6 +438,12 @@ impl Snapshotter {
         }
     }
 
+    /// The mount point of the filesystem holding the snapshots: the CRI
+    /// `FilesystemIdentifier` of every snapshot's usage.
+    pub fn mountpoint(&self) -> Result<PathBuf> {
+        usage::mountpoint(&self.root)
+    }
+
     /// Usage of the root for CRI `ImageFsInfo`: the snapshots' usage (as
     /// [`Snapshotter::usage`]) plus the metadata database, and the
     /// filesystem holding the root. Directories of operations in flight are
@@ -1017,6 +1023,7 @@ mod tests {
             "{total:?}"
         );
         assert!(sn.root().starts_with(&total.mountpoint));
+        assert_eq!(sn.mountpoint().expect("mount point"), total.mountpoint);
         assert!(
             total.total_bytes >= total.available_bytes && total.total_inodes >= total.free_inodes
         );
