@@ -11,17 +11,17 @@ use crate::Result;
 use berth_proto::cri::v1 as cri;
 use std::sync::Arc;
 
-/// The stats of container `id` (an id or a unique prefix). A container
-/// that is not running has only its attributes (and writable layer, if it
-/// was measured).
+/// The stats of container `id` (an id or a unique prefix). An exited
+/// container has only its attributes: its cgroup is gone.
 pub async fn stats(state: &Arc<Runtime>, id: &str) -> Result<cri::ContainerStats> {
     let record = state
         .containers
         .find_created(id)?
         .ok_or_else(|| StatsError::ContainerNotFound(id.to_owned()))?;
-    if is_live(&record) {
-        collector::refresh(state, vec![record.clone()], Vec::new()).await;
+    if !is_live(&record) {
+        return Ok(to_cri(&record, None));
     }
+    collector::refresh(state, vec![record.clone()], Vec::new()).await;
     let entry = state.stats.container(&record.id);
     Ok(to_cri(&record, entry.as_ref()))
 }
