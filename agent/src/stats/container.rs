@@ -198,6 +198,7 @@ mod tests {
             oom_events: None,
             oom_kills: 0,
             swap,
+            ..Default::default()
         }
     }
 

@@ -127,6 +127,11 @@ pub fn sum(stats: &[&CgroupStats]) -> CgroupStats {
                 usage_bytes: swaps.iter().map(|s| s.usage_bytes).sum(),
                 limit_bytes: None,
             }),
+            cache_bytes: total(|m| m.cache_bytes),
+            mapped_file_bytes: total(|m| m.mapped_file_bytes),
+            kernel_bytes: memories.iter().map(|m| m.kernel_bytes).sum(),
+            max_usage_bytes: None,
+            failcnt: None,
         }
     });
     let pids: Vec<&PidsStats> = stats.iter().filter_map(|s| s.pids.as_ref()).collect();
@@ -270,6 +275,7 @@ mod tests {
                 oom_events: None,
                 oom_kills: 0,
                 swap: None,
+                ..Default::default()
             }),
             pids: Some(PidsStats {
                 current: pids,
