@@ -635,6 +635,7 @@ mod tests {
         for (_, dir) in &live.dirs {
             std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("join the cgroup");
         }
+        assert_eq!(cgroup.processes().expect("cgroup.procs"), vec![pid]);
         writeln!(stdin).expect("start the work");
         let mut line = String::new();
         std::io::BufReader::new(stdout)

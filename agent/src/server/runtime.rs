@@ -1,6 +1,6 @@
 //! `RuntimeService`: pods, containers, streaming, stats, runtime status.
 
-use super::{runtime_status, unimplemented, unimplemented_rpcs, CriService, ResponseStream};
+use super::{runtime_status, unimplemented_rpcs, CriService, ResponseStream};
 use crate::{container, sandbox, stats};
 use berth_proto::cri::v1 as cri;
 use berth_proto::cri::v1::runtime_service_server::RuntimeService;
@@ -203,6 +203,25 @@ impl RuntimeService for CriService {
         Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: stats::cri_metrics::descriptors(),
+        }))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        let pod_metrics = stats::cri_metrics::list(&self.state).await;
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics,
+        }))
+    }
+
     unimplemented_rpcs! {
         exec(cri::ExecRequest) -> cri::ExecResponse;
         attach(cri::AttachRequest) -> cri::AttachResponse;
@@ -211,8 +230,6 @@ impl RuntimeService for CriService {
         checkpoint_container(cri::CheckpointContainerRequest) -> cri::CheckpointContainerResponse;
         checkpoint_pod(cri::CheckpointPodRequest) -> cri::CheckpointPodResponse;
         restore_pod(cri::RestorePodRequest) -> cri::RestorePodResponse;
-        list_metric_descriptors(cri::ListMetricDescriptorsRequest) -> cri::ListMetricDescriptorsResponse;
-        list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest) -> cri::ListPodSandboxMetricsResponse;
     }
 
     type StreamPodSandboxesStream = ResponseStream<cri::StreamPodSandboxesResponse>;
@@ -272,7 +289,17 @@ impl RuntimeService for CriService {
         &self,
         _request: Request<cri::StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        Err(unimplemented("stream_pod_sandbox_metrics"))
+        let items = stats::cri_metrics::list(&self.state).await;
+        // Non-empty chunks: an empty listing is a stream without messages.
+        let pages: Vec<_> = items
+            .chunks(STREAM_PAGE)
+            .map(|page| {
+                Ok(cri::StreamPodSandboxMetricsResponse {
+                    pod_sandbox_metrics: page.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(pages))))
     }
 
     type GetContainerEventsStream = ResponseStream<cri::ContainerEventResponse>;

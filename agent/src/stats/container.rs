@@ -144,14 +144,14 @@ fn filesystem_usage(layer: &LayerUsage) -> cri::FilesystemUsage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::sample::Reading;
     use super::*;
     use crate::cgroups::{CgroupStats, PidsStats};
     use crate::container::record::{ImageInfo, ProcessUser, CONTAINER_RECORD_VERSION};
     use crate::container::ContainerState;
 
-    fn record() -> ContainerRecord {
+    pub(in crate::stats) fn record() -> ContainerRecord {
         ContainerRecord {
             version: CONTAINER_RECORD_VERSION,
             id: "c0ffee".into(),

@@ -24,6 +24,7 @@
 
 pub mod collector;
 pub mod container;
+pub mod cri_metrics;
 mod network;
 pub mod pod;
 mod sample;

@@ -140,13 +140,13 @@ fn network_usage(network: &NetworkReading) -> cri::NetworkUsage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::sample::Reading;
     use super::*;
     use crate::cgroups::{CgroupStats, CpuStats, PidsStats};
     use crate::sandbox::{NamespacePaths, SandboxState, SANDBOX_RECORD_VERSION};
 
-    fn record() -> SandboxRecord {
+    pub(in crate::stats) fn record() -> SandboxRecord {
         SandboxRecord {
             version: SANDBOX_RECORD_VERSION,
             id: "p0d".into(),
