@@ -1,6 +1,7 @@
 //! The CRI stats calls through the real socket of an in-process berthd:
 //! unknown ids, a container asked about before the collector's first round
-//! saw it, the streams, and a stopped container. Needs root.
+//! saw it, the streams, the CRI metrics, and a stopped container. Needs
+//! root.
 
 mod common;
 
@@ -160,6 +161,70 @@ async fn stats_calls_answer_at_once_name_unknown_ids_and_stream() {
         network.default_interface.as_ref().expect("eth0").name,
         "eth0"
     );
+
+    // The CRI metrics: the pod's interfaces and the container's numbers,
+    // each with as many label values as its descriptor has keys.
+    let descriptors = client
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await
+        .expect("descriptors")
+        .into_inner()
+        .descriptors;
+    let keys: std::collections::HashMap<String, usize> = descriptors
+        .into_iter()
+        .map(|d| (d.name, d.label_keys.len()))
+        .collect();
+    let metrics = client
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .expect("metrics")
+        .into_inner()
+        .pod_metrics;
+    assert_eq!(metrics.len(), 1);
+    assert_eq!(metrics[0].pod_sandbox_id, pod);
+    let ours = &metrics[0].container_metrics;
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0].container_id, id);
+    let all: Vec<&cri::Metric> = metrics[0]
+        .metrics
+        .iter()
+        .chain(ours[0].metrics.iter())
+        .collect();
+    for metric in &all {
+        assert_eq!(
+            Some(&metric.label_values.len()),
+            keys.get(&metric.name),
+            "{metric:?}"
+        );
+    }
+    let value = |name: &str| {
+        all.iter()
+            .find(|m| m.name == name)
+            .and_then(|m| m.value.as_ref())
+            .map(|v| v.value)
+    };
+    assert_eq!(value("container_processes"), Some(1), "sleep alone");
+    assert!(
+        value("container_file_descriptors").is_some_and(|n| n >= 3),
+        "stdio at least"
+    );
+    assert!(value("container_memory_working_set_bytes").is_some_and(|n| n > 0));
+    assert!(
+        value("container_network_receive_bytes_total").is_some(),
+        "eth0"
+    );
+    let mut stream = client
+        .stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest {})
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut streamed = 0;
+    while let Some(message) = stream.next().await {
+        let chunk = message.expect("message").pod_sandbox_metrics;
+        assert!(!chunk.is_empty(), "chunks are never empty");
+        streamed += chunk.len();
+    }
+    assert_eq!(streamed, 1);
 
     // A stopped container keeps its attributes, without counters.
     client
