@@ -3,9 +3,10 @@
 //!
 //! Layout: [`collector`] samples (the periodic rounds, and the refresh a
 //! call asks for), `sample.rs` is what is kept per container and pod (the
-//! [`StatsCache`]), [`container`] and [`pod`] answer the RPCs by turning
-//! cached samples into CRI messages, `network.rs` reads a pod's interfaces
-//! inside its network namespace.
+//! [`StatsCache`]), [`container`] and [`pod`] answer the stats RPCs by
+//! turning cached samples into CRI messages, [`cri_metrics`] answers the
+//! CRI metrics RPCs from the same samples, `network.rs` reads a pod's
+//! interfaces inside its network namespace.
 //!
 //! Where the numbers come from: cgroup counters through
 //! [`crate::cgroups::Cgroup::stats`] (v1 and v2, either driver), the
