@@ -85,6 +85,9 @@ cargo test --locked -p berth-e2e --test images
 step "e2e: pods and containers (crictl lifecycle, kill -9 of berthd)"
 cargo test --locked -p berth-e2e --test pods
 
+step "e2e: stats (crictl stats and statsp of busy and allocating containers, runc and crun)"
+cargo test --locked -p berth-e2e --test stats
+
 step "e2e: security (other users, idle connections, hostile paths)"
 cargo test --locked -p berth-e2e --test security
 

@@ -46,6 +46,7 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub image: ImageConfig,
     pub cgroup: CgroupConfig,
+    pub stats: StatsConfig,
     pub runtime: RuntimeConfig,
 }
 
@@ -126,6 +127,17 @@ pub struct CgroupConfig {
     pub driver: CgroupDriverSetting,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatsConfig {
+    /// How often the stats collector samples every container and pod, in
+    /// milliseconds; `usage_nano_cores` is the CPU rate over one period.
+    pub collect_period_ms: u64,
+}
+
+/// The shortest collector period accepted.
+pub const MIN_STATS_PERIOD_MS: u64 = 100;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
@@ -165,6 +177,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             image: ImageConfig::default(),
             cgroup: CgroupConfig::default(),
+            stats: StatsConfig::default(),
             runtime: RuntimeConfig::default(),
         }
     }
@@ -229,6 +242,14 @@ impl Default for CgroupConfig {
     fn default() -> Self {
         Self {
             driver: CgroupDriverSetting::Auto,
+        }
+    }
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        Self {
+            collect_period_ms: 5000,
         }
     }
 }
@@ -321,6 +342,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "image.stall_timeout_seconds",
                 message: "must be at least 1".to_owned(),
+            });
+        }
+        if self.stats.collect_period_ms < MIN_STATS_PERIOD_MS {
+            return Err(ConfigError::Invalid {
+                key: "stats.collect_period_ms",
+                message: format!("must be at least {MIN_STATS_PERIOD_MS}"),
             });
         }
         if self.cni.bin_dirs.is_empty() {
@@ -468,6 +495,10 @@ mod tests {
                 "image.max_concurrent_downloads",
             ),
             ("[cni]\nbin_dirs = 3\n", "cni.bin_dirs"),
+            (
+                "[stats]\ncollect_period_ms = 10\n",
+                "stats.collect_period_ms",
+            ),
             (
                 "[runtime.handlers.kata]\nruntime_pth = \"x\"\n",
                 "runtime.handlers.kata.runtime_pth",

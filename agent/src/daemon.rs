@@ -66,6 +66,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let max_message_size = config.grpc.max_message_size;
     let state = Arc::new(runtime);
     crate::recovery::recover(&state).await;
+    let collector = crate::stats::collector::spawn(state.clone());
     let service = CriService::new(state.clone());
     tracing::info!(
         socket = %socket.path().display(),
@@ -96,6 +97,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         })
         .await;
 
+    collector.stop().await;
     state.containers.stop_watchers().await;
     let _ = stop_metrics.send(());
     if let Some(task) = metrics_task {

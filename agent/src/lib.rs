@@ -33,6 +33,7 @@ pub mod sandbox;
 pub mod server;
 pub mod shim_client;
 pub mod socket;
+pub mod stats;
 pub mod store;
 
 pub use error::{Error, ErrorKind, Result};

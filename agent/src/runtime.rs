@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::container::Containers;
 use crate::events::Events;
 use crate::sandbox::{SandboxRecord, Sandboxes};
+use crate::stats::StatsCache;
 use crate::store::{Store, Table};
 use crate::Result;
 use berth_proto::cri::v1::ContainerEventType;
@@ -46,6 +47,9 @@ pub struct Runtime {
     /// Lifecycle events for GetContainerEvents, published once a change is
     /// on record; closed at shutdown.
     pub events: Events,
+    /// The stats collector's samples; written by its rounds and by the
+    /// stats calls' refreshes (see [`crate::stats`]).
+    pub stats: StatsCache,
 }
 
 impl Runtime {
@@ -74,6 +78,9 @@ impl Runtime {
             keep_layer_blobs: config.image.keep_layer_blobs,
         })
         .await?;
+        let stats = StatsCache::new(std::time::Duration::from_millis(
+            config.stats.collect_period_ms,
+        ));
         Ok(Self {
             config,
             store,
@@ -83,6 +90,7 @@ impl Runtime {
             sandboxes,
             containers,
             events: Events::default(),
+            stats,
         })
     }
 

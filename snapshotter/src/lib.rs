@@ -99,7 +99,7 @@ use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 pub use apply::{apply_layer, ApplyError, ApplyStats};
 pub use error::{Error, Result};
 pub use tree::Usage;
-pub use usage::FsUsage;
+pub use usage::{Capacity, FsUsage};
 
 use metadata::{to_system_time, Lookup, Metadata, Record};
 use overlay::Dirs;
@@ -436,6 +436,17 @@ impl Snapshotter {
             Some(usage) => Ok(usage),
             None => self.measure(record.id),
         }
+    }
+
+    /// The mount point of the filesystem holding the snapshots: the CRI
+    /// `FilesystemIdentifier` of every snapshot's usage.
+    pub fn mountpoint(&self) -> Result<PathBuf> {
+        usage::mountpoint(&self.root)
+    }
+
+    /// The size of the filesystem holding the snapshots (`statvfs(2)`).
+    pub fn capacity(&self) -> Result<Capacity> {
+        usage::capacity(&self.root)
     }
 
     /// Usage of the root for CRI `ImageFsInfo`: the snapshots' usage (as
@@ -1017,6 +1028,10 @@ mod tests {
             "{total:?}"
         );
         assert!(sn.root().starts_with(&total.mountpoint));
+        assert_eq!(sn.mountpoint().expect("mount point"), total.mountpoint);
+        let capacity = sn.capacity().expect("capacity");
+        assert_eq!(capacity.total_bytes, total.total_bytes);
+        assert_eq!(capacity.total_inodes, total.total_inodes);
         assert!(
             total.total_bytes >= total.available_bytes && total.total_inodes >= total.free_inodes
         );

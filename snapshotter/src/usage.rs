@@ -35,8 +35,9 @@ pub struct FsUsage {
     pub free_inodes: u64,
 }
 
-/// The size of the filesystem holding `path`.
-pub(crate) struct Capacity {
+/// The size of the filesystem holding the snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
     pub total_bytes: u64,
     pub available_bytes: u64,
     pub total_inodes: u64,

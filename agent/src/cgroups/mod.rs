@@ -246,6 +246,25 @@ impl Cgroup {
         }
     }
 
+    /// The processes in the cgroup (its `cgroup.procs`; on v1 the first
+    /// hierarchy's, which every hierarchy of a container's cgroup shares).
+    pub fn processes(&self) -> Result<Vec<u32>, CgroupError> {
+        let path = self.dirs.first().join("cgroup.procs");
+        let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                l.trim().parse().map_err(|_| CgroupError::Parse {
+                    path: path.clone(),
+                    line: l.to_owned(),
+                })
+            })
+            .collect()
+    }
+
     /// True when the cgroup exists (in any hierarchy, on v1).
     fn exists(&self) -> bool {
         match &self.dirs {

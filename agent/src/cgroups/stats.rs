@@ -13,6 +13,10 @@
 //! | working set | usage − `memory.stat` `inactive_file` | usage − `total_inactive_file` |
 //! | RSS | `memory.stat` `anon` | `memory.stat` `total_rss` |
 //! | page faults | `pgfault`, `pgmajfault` | `total_pgfault`, `total_pgmajfault` |
+//! | cache, mapped file | `memory.stat` `file`, `file_mapped` | `total_cache`, `total_mapped_file` |
+//! | kernel memory | `memory.stat` `kernel` (5.18+) | `memory.kmem.usage_in_bytes` |
+//! | peak usage | `memory.peak` (5.19+) | `memory.max_usage_in_bytes` |
+//! | limit hits | `memory.events` `max` | `memory.failcnt` |
 //! | limit | `memory.max` | `memory.limit_in_bytes` |
 //! | OOM | `memory.events` `oom`, `oom_kill` | `memory.oom_control` `oom_kill` |
 //! | swap | `memory.swap.current`, `memory.swap.max` | `memory.stat` `total_swap`; memsw limit − memory limit |
@@ -86,6 +90,16 @@ pub struct MemoryStats {
     pub oom_kills: u64,
     /// `None` where the kernel does not account swap.
     pub swap: Option<SwapStats>,
+    /// Page cache.
+    pub cache_bytes: u64,
+    /// Page cache mapped into processes.
+    pub mapped_file_bytes: u64,
+    /// Kernel memory; `None` where the kernel does not say.
+    pub kernel_bytes: Option<u64>,
+    /// The highest usage seen; `None` where the kernel does not keep it.
+    pub max_usage_bytes: Option<u64>,
+    /// Times the usage hit the limit.
+    pub failcnt: Option<u64>,
 }
 
 impl MemoryStats {
@@ -223,6 +237,7 @@ fn unified_memory(dir: &Path) -> Result<Option<MemoryStats>, CgroupError> {
         }),
         None => None,
     };
+    let events = FlatKeyed::read(dir, "memory.events")?;
     Ok(Some(MemoryStats {
         usage_bytes,
         working_set_bytes: usage_bytes.saturating_sub(stat.require("inactive_file")?),
@@ -230,9 +245,14 @@ fn unified_memory(dir: &Path) -> Result<Option<MemoryStats>, CgroupError> {
         page_faults: stat.require("pgfault")?,
         major_page_faults: stat.require("pgmajfault")?,
         limit_bytes: read_limit(dir, "memory.max")?.flatten(),
-        oom_events: FlatKeyed::read(dir, "memory.events")?.and_then(|e| e.get("oom")),
+        oom_events: events.as_ref().and_then(|e| e.get("oom")),
         oom_kills: read_oom_kills(dir, true)?.unwrap_or(0),
         swap,
+        cache_bytes: stat.get("file").unwrap_or(0),
+        mapped_file_bytes: stat.get("file_mapped").unwrap_or(0),
+        kernel_bytes: stat.get("kernel"),
+        max_usage_bytes: read_u64(dir, "memory.peak")?,
+        failcnt: events.as_ref().and_then(|e| e.get("max")),
     }))
 }
 
@@ -268,6 +288,11 @@ fn legacy_memory(dir: &Path) -> Result<Option<MemoryStats>, CgroupError> {
         oom_events: None,
         oom_kills: read_oom_kills(dir, false)?.unwrap_or(0),
         swap,
+        cache_bytes: stat.get("total_cache").unwrap_or(0),
+        mapped_file_bytes: stat.get("total_mapped_file").unwrap_or(0),
+        kernel_bytes: read_u64(dir, "memory.kmem.usage_in_bytes")?,
+        max_usage_bytes: read_u64(dir, "memory.max_usage_in_bytes")?,
+        failcnt: read_u64(dir, "memory.failcnt")?,
     }))
 }
 
@@ -351,6 +376,11 @@ mod tests {
                         usage_bytes: 0,
                         limit_bytes: None,
                     }),
+                    cache_bytes: 3_145_728,
+                    mapped_file_bytes: 1_052_672,
+                    kernel_bytes: Some(2_879_488),
+                    max_usage_bytes: None,
+                    failcnt: Some(842),
                 }),
                 pids: Some(PidsStats {
                     current: 3,
@@ -482,6 +512,11 @@ mod tests {
                         usage_bytes: 2 << 20,
                         limit_bytes: Some(32 << 20),
                     }),
+                    cache_bytes: 1_048_576,
+                    mapped_file_bytes: 524_288,
+                    kernel_bytes: None,
+                    max_usage_bytes: None,
+                    failcnt: None,
                 }),
                 pids: Some(PidsStats {
                     current: 2,
@@ -600,6 +635,7 @@ mod tests {
         for (_, dir) in &live.dirs {
             std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("join the cgroup");
         }
+        assert_eq!(cgroup.processes().expect("cgroup.procs"), vec![pid]);
         writeln!(stdin).expect("start the work");
         let mut line = String::new();
         std::io::BufReader::new(stdout)

@@ -1,7 +1,7 @@
 //! `RuntimeService`: pods, containers, streaming, stats, runtime status.
 
-use super::{runtime_status, unimplemented, unimplemented_rpcs, CriService, ResponseStream};
-use crate::{container, sandbox};
+use super::{runtime_status, unimplemented_rpcs, CriService, ResponseStream};
+use crate::{container, sandbox, stats};
 use berth_proto::cri::v1 as cri;
 use berth_proto::cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
@@ -163,20 +163,73 @@ impl RuntimeService for CriService {
         Ok(Response::new(response))
     }
 
+    async fn container_stats(
+        &self,
+        request: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let stats = stats::container::stats(&self.state, &id).await?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        let filter = request.into_inner().filter;
+        let stats = stats::container::list(&self.state, filter.as_ref()).await;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        let stats = stats::pod::stats(&self.state, &id).await?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        let filter = request.into_inner().filter;
+        let stats = stats::pod::list(&self.state, filter.as_ref()).await;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: stats::cri_metrics::descriptors(),
+        }))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        let pod_metrics = stats::cri_metrics::list(&self.state).await;
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics,
+        }))
+    }
+
     unimplemented_rpcs! {
         exec(cri::ExecRequest) -> cri::ExecResponse;
         attach(cri::AttachRequest) -> cri::AttachResponse;
         port_forward(cri::PortForwardRequest) -> cri::PortForwardResponse;
-        container_stats(cri::ContainerStatsRequest) -> cri::ContainerStatsResponse;
-        list_container_stats(cri::ListContainerStatsRequest) -> cri::ListContainerStatsResponse;
-        pod_sandbox_stats(cri::PodSandboxStatsRequest) -> cri::PodSandboxStatsResponse;
-        list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest) -> cri::ListPodSandboxStatsResponse;
         update_runtime_config(cri::UpdateRuntimeConfigRequest) -> cri::UpdateRuntimeConfigResponse;
         checkpoint_container(cri::CheckpointContainerRequest) -> cri::CheckpointContainerResponse;
         checkpoint_pod(cri::CheckpointPodRequest) -> cri::CheckpointPodResponse;
         restore_pod(cri::RestorePodRequest) -> cri::RestorePodResponse;
-        list_metric_descriptors(cri::ListMetricDescriptorsRequest) -> cri::ListMetricDescriptorsResponse;
-        list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest) -> cri::ListPodSandboxMetricsResponse;
     }
 
     type StreamPodSandboxesStream = ResponseStream<cri::StreamPodSandboxesResponse>;
@@ -208,17 +261,27 @@ impl RuntimeService for CriService {
     type StreamContainerStatsStream = ResponseStream<cri::StreamContainerStatsResponse>;
     async fn stream_container_stats(
         &self,
-        _request: Request<cri::StreamContainerStatsRequest>,
+        request: Request<cri::StreamContainerStatsRequest>,
     ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
-        Err(unimplemented("stream_container_stats"))
+        let filter = request.into_inner().filter;
+        let items = stats::container::list(&self.state, filter.as_ref()).await;
+        let pages = pages(items, |container_stats| cri::StreamContainerStatsResponse {
+            container_stats,
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(pages))))
     }
 
     type StreamPodSandboxStatsStream = ResponseStream<cri::StreamPodSandboxStatsResponse>;
     async fn stream_pod_sandbox_stats(
         &self,
-        _request: Request<cri::StreamPodSandboxStatsRequest>,
+        request: Request<cri::StreamPodSandboxStatsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
-        Err(unimplemented("stream_pod_sandbox_stats"))
+        let filter = request.into_inner().filter;
+        let items = stats::pod::list(&self.state, filter.as_ref()).await;
+        let pages = pages(items, |pod_sandbox_stats| {
+            cri::StreamPodSandboxStatsResponse { pod_sandbox_stats }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(pages))))
     }
 
     type StreamPodSandboxMetricsStream = ResponseStream<cri::StreamPodSandboxMetricsResponse>;
@@ -226,7 +289,17 @@ impl RuntimeService for CriService {
         &self,
         _request: Request<cri::StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        Err(unimplemented("stream_pod_sandbox_metrics"))
+        let items = stats::cri_metrics::list(&self.state).await;
+        // Non-empty chunks: an empty listing is a stream without messages.
+        let pages: Vec<_> = items
+            .chunks(STREAM_PAGE)
+            .map(|page| {
+                Ok(cri::StreamPodSandboxMetricsResponse {
+                    pod_sandbox_metrics: page.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(pages))))
     }
 
     type GetContainerEventsStream = ResponseStream<cri::ContainerEventResponse>;
