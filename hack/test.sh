@@ -86,6 +86,9 @@ cargo test --locked -p berth-e2e --test pods
 step "e2e: security (other users, idle connections, hostile paths)"
 cargo test --locked -p berth-e2e --test security
 
+step "e2e: metrics (pull, pod and container phases and state gauges from /metrics)"
+cargo test --locked -p berth-e2e --test metrics
+
 step "e2e: crash matrix (kill -9 of berthd at each step of CreateContainer and RunPodSandbox)"
 cargo test --locked -p berth-e2e --test crash
 
