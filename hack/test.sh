@@ -72,8 +72,9 @@ cargo test --workspace --locked --exclude berth-e2e
 
 step "e2e: crictl"
 # berthd finds the shim and berth-init beside itself. The test-only
-# failpoints (inert unless BERTH_FAILPOINT is set) serve the crash suite.
-cargo build --locked -p berth-agent -p berth-shim --features berth-agent/failpoints
+# failpoints (inert unless BERTH_FAILPOINT is set) serve the crash suite,
+# the OTLP export (off unless configured) the metrics suite.
+cargo build --locked -p berth-agent -p berth-shim --features berth-agent/failpoints,berth-agent/otlp
 export BERTHD="$REPO/target/debug/berthd"
 cargo test --locked -p berth-e2e --test crictl
 

@@ -1,7 +1,10 @@
-//! berthd's Prometheus endpoint against a real berthd: a pull, a pod and a
-//! container through crictl move the pull counters, the start-up phase
-//! histogram and the state gauges, each read from `/metrics` between the
-//! steps.
+//! berthd's Prometheus endpoint and trace export against a real berthd: a
+//! pull, a pod and a container through crictl move the pull counters, the
+//! start-up phase histogram and the state gauges, each read from
+//! `/metrics` between the steps; and the same calls arrive as spans (ids
+//! as attributes, the phases as children) at an OTLP/gRPC collector the
+//! test runs on loopback. berthd must be built with `--features
+//! berth-agent/otlp` (as `hack/test.sh` builds it).
 
 use berth_e2e::{ensure, Berthd, BerthdOptions, Registry, Suite, TestResult};
 
@@ -22,6 +25,9 @@ fn main() {
         let cleaned = berthd.crictl_ok(&["rmp", "--all", "--force"]).map(drop);
         let stopped = berthd.stop();
         outcome.and(cleaned).and(stopped)
+    });
+    suite.run("spans_reach_an_otlp_collector", || {
+        spans_reach_an_otlp_collector(mirrors.clone().ok_or("no registry")?)
     });
     drop(registry);
     suite.finish();
@@ -228,4 +234,264 @@ fn pod_moves_the_metrics(berthd: &mut Berthd) -> TestResult {
         })?;
     }
     Ok(())
+}
+
+/// A span as the loopback collector received it.
+#[derive(Debug, Clone)]
+struct Exported {
+    service: String,
+    name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent_span_id: Vec<u8>,
+    attributes: Vec<(String, String)>,
+}
+
+impl Exported {
+    fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A tiny OTLP/gRPC trace collector on a loopback port, run on a thread of
+/// its own; it keeps every span it is sent.
+struct Collector {
+    address: std::net::SocketAddr,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<Exported>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Clone, Default)]
+struct TraceSink(std::sync::Arc<std::sync::Mutex<Vec<Exported>>>);
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+
+fn value_text(value: &opentelemetry_proto::tonic::common::v1::AnyValue) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match &value.value {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for TraceSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut kept = self.0.lock().expect("not poisoned");
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref())
+                .map(value_text)
+                .unwrap_or_default();
+            for span in resource_spans
+                .scope_spans
+                .into_iter()
+                .flat_map(|scope| scope.spans)
+            {
+                kept.push(Exported {
+                    service: service.clone(),
+                    name: span.name,
+                    trace_id: span.trace_id,
+                    span_id: span.span_id,
+                    parent_span_id: span.parent_span_id,
+                    attributes: span
+                        .attributes
+                        .iter()
+                        .map(|kv| {
+                            (
+                                kv.key.clone(),
+                                kv.value.as_ref().map(value_text).unwrap_or_default(),
+                            )
+                        })
+                        .collect(),
+                });
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Collector {
+    fn start() -> Result<Self, String> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        let sink = TraceSink::default();
+        let spans = sink.0.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the collector");
+            runtime.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+                let served = tonic::transport::Server::builder()
+                    .add_service(TraceServiceServer::new(sink))
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        async {
+                            let _ = stopped.await;
+                        },
+                    )
+                    .await;
+                if let Err(e) = served {
+                    eprintln!("the test's OTLP collector failed: {e}");
+                }
+            });
+        });
+        Ok(Self {
+            address,
+            spans,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    fn spans(&self) -> Vec<Exported> {
+        self.spans.lock().expect("not poisoned").clone()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The span named `name` whose `key` attribute is `value`.
+fn span_with<'a>(
+    spans: &'a [Exported],
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Result<&'a Exported, String> {
+    spans
+        .iter()
+        .find(|s| s.name == name && s.attribute(key) == Some(value))
+        .ok_or_else(|| format!("no span {name} with {key}={value} among {spans:#?}"))
+}
+
+/// The child span of `parent` named `name`, in the same trace.
+fn child<'a>(spans: &'a [Exported], parent: &Exported, name: &str) -> Result<&'a Exported, String> {
+    spans
+        .iter()
+        .find(|s| {
+            s.name == name && s.parent_span_id == parent.span_id && s.trace_id == parent.trace_id
+        })
+        .ok_or_else(|| format!("no span {name} under {}: {spans:#?}", parent.name))
+}
+
+/// berthd exports its spans to the collector the test runs: per CRI call,
+/// the domain span with the ids, and the phases under it.
+fn spans_reach_an_otlp_collector(mirrors: std::path::PathBuf) -> TestResult {
+    let collector = Collector::start()?;
+    let mut berthd = Berthd::start(BerthdOptions {
+        registry_config_path: Some(mirrors),
+        extra_config: format!(
+            "\n[tracing]\notlp_endpoint = \"http://{}\"\n",
+            collector.address
+        ),
+        ..BerthdOptions::default()
+    })
+    .map_err(|e| format!("{e}\n(is berthd built with --features berth-agent/otlp?)"))?;
+    let ran = run_a_container(&mut berthd);
+    let cleaned = berthd.crictl_ok(&["rmp", "--all", "--force"]).map(drop);
+    // SIGTERM: berthd flushes its queued spans before it exits.
+    let stopped = berthd.stop();
+    let (pod, container) = ran?;
+    cleaned.and(stopped)?;
+
+    let spans = collector.spans();
+    ensure(spans.iter().all(|s| s.service == "berthd"), || {
+        format!("service names: {spans:#?}")
+    })?;
+    let call = span_with(&spans, "RunPodSandbox", "method", "RunPodSandbox")?;
+    let run = child(&spans, call, "run_pod_sandbox")?;
+    ensure(run.attribute("pod_id") == Some(pod.as_str()), || {
+        format!("{run:#?}")
+    })?;
+    let network = child(&spans, run, "network_setup")?;
+    ensure(network.attribute("phase") == Some("network_setup"), || {
+        format!("{network:#?}")
+    })?;
+    let create = span_with(&spans, "create_container", "container_id", &container)?;
+    ensure(create.attribute("pod_id") == Some(pod.as_str()), || {
+        format!("{create:#?}")
+    })?;
+    let call = spans
+        .iter()
+        .find(|s| s.span_id == create.parent_span_id)
+        .ok_or("create_container has no parent")?;
+    ensure(call.name == "CreateContainer", || format!("{call:#?}"))?;
+    for phase in ["snapshot_prepare", "shim_start", "oci_create"] {
+        child(&spans, create, phase)?;
+    }
+    let start = span_with(&spans, "start_container", "container_id", &container)?;
+    child(&spans, start, "start")?;
+    let pull = span_with(&spans, "image_pull", "image", BUSYBOX)?;
+    let call = spans
+        .iter()
+        .find(|s| s.span_id == pull.parent_span_id)
+        .ok_or("image_pull has no parent")?;
+    ensure(call.name == "PullImage", || format!("{call:#?}"))
+}
+
+/// Pulls, runs a pod and starts a container in it; returns their ids.
+fn run_a_container(berthd: &mut Berthd) -> Result<(String, String), String> {
+    let berthd = &*berthd;
+    berthd.crictl_ok(&["pull", BUSYBOX])?;
+    let pod_config = write_json(
+        berthd,
+        "pod.json",
+        serde_json::json!({
+            "metadata": {"name": "traced", "namespace": "berth-e2e", "uid": "uid-traced", "attempt": 0},
+            "log_directory": berthd.dir().join("logs"),
+            "linux": {}
+        }),
+    )?;
+    let pod = berthd.crictl_ok(&["runp", &pod_config])?.trim().to_owned();
+    let container_config = write_json(
+        berthd,
+        "container.json",
+        serde_json::json!({
+            "metadata": {"name": "main"},
+            "image": {"image": BUSYBOX},
+            "command": ["sleep", "1000"],
+            "linux": {}
+        }),
+    )?;
+    let id = berthd
+        .crictl_ok(&["create", &pod, &container_config, &pod_config])?
+        .trim()
+        .to_owned();
+    berthd.crictl_ok(&["start", &id])?;
+    Ok((pod, id))
 }
