@@ -56,9 +56,9 @@ pub enum Phase {
     ImagePull,
     /// CreateContainer: the container's rootfs snapshot.
     SnapshotPrepare,
-    /// RunPodSandbox: pinning the pod's namespaces, then CNI ADD.
+    /// RunPodSandbox: pinning the pod's network namespace, then CNI ADD.
     NetworkSetup,
-    /// CreateContainer: launching the container's shim and connecting.
+    /// CreateContainer: launching the container's shim until it serves.
     ShimStart,
     /// CreateContainer: the shim's task create (`runc create`).
     OciCreate,
@@ -133,8 +133,10 @@ pub struct Metrics {
     shims: IntGauge,
     shim_start_failures: IntCounter,
     phases: HistogramVec,
-    // Reserved for the streaming server (exec, attach, port-forward):
-    // declared here so that it only sets values.
+    // Reserved: `berth_streaming_sessions{kind}` and
+    // `berth_streaming_bytes_total{kind,direction}` are declared here and
+    // stay at zero until streaming sets their values through
+    // `streaming_sessions()` and `streaming_bytes()`.
     streaming_sessions: IntGaugeVec,
     streaming_bytes: IntCounterVec,
 }
