@@ -72,9 +72,10 @@ cargo test --workspace --locked --exclude berth-e2e
 
 step "e2e: crictl"
 # berthd finds the shim and berth-init beside itself. The test-only
-# failpoints (inert unless BERTH_FAILPOINT is set) serve the crash suite.
-# berth-load is the load generator of the load suite and of the bench.
-cargo build --locked -p berth-agent -p berth-shim -p berth-loadgen --features berth-agent/failpoints
+# failpoints (inert unless BERTH_FAILPOINT is set) serve the crash suite,
+# the OTLP export (off unless configured) the metrics suite. berth-load is
+# the load generator of the load suite and of the bench.
+cargo build --locked -p berth-agent -p berth-shim -p berth-loadgen --features berth-agent/failpoints,berth-agent/otlp
 export BERTHD="$REPO/target/debug/berthd"
 export BERTH_LOAD="$REPO/target/debug/berth-load"
 cargo test --locked -p berth-e2e --test crictl
@@ -90,6 +91,9 @@ cargo test --locked -p berth-e2e --test stats
 
 step "e2e: security (other users, idle connections, hostile paths)"
 cargo test --locked -p berth-e2e --test security
+
+step "e2e: metrics (pull, pod and container phases and state gauges from /metrics)"
+cargo test --locked -p berth-e2e --test metrics
 
 step "e2e: crash matrix (kill -9 of berthd at each step of CreateContainer and RunPodSandbox)"
 cargo test --locked -p berth-e2e --test crash

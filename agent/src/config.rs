@@ -42,6 +42,7 @@ pub struct Config {
     pub grpc: GrpcConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub tracing: TracingConfig,
     pub cni: CniConfig,
     pub registry: RegistryConfig,
     pub image: ImageConfig,
@@ -81,6 +82,14 @@ pub struct MetricsConfig {
     /// Address of the Prometheus endpoint; port 0 picks a free port, which
     /// berthd then writes to `<state>/metrics-address`.
     pub address: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The OTLP/gRPC collector that tracing spans are exported to
+    /// (`http://host:port`); empty: no export. Needs the `otlp` feature.
+    pub otlp_endpoint: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +182,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            tracing: TracingConfig::default(),
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
             image: ImageConfig::default(),
@@ -332,6 +342,12 @@ impl Config {
                     message: format!("`{}`: {e}", self.metrics.address),
                 })?;
         }
+        crate::telemetry::check_endpoint(&self.tracing.otlp_endpoint).map_err(|message| {
+            ConfigError::Invalid {
+                key: "tracing.otlp_endpoint",
+                message,
+            }
+        })?;
         if self.image.max_concurrent_downloads == 0 {
             return Err(ConfigError::Invalid {
                 key: "image.max_concurrent_downloads",

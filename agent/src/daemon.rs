@@ -8,7 +8,7 @@
 use crate::accept::UnixIncoming;
 use crate::authority::LenientAuthority;
 use crate::config::Config;
-use crate::metrics::{CriMetricsLayer, Metrics};
+use crate::metrics::CriMetricsLayer;
 use crate::runtime::Runtime;
 use crate::server::CriService;
 use crate::socket::CriSocket;
@@ -28,8 +28,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     for dir in [&config.root, &config.state] {
         create_private_dir(dir)?;
     }
-    let runtime = Runtime::open(config).await?;
-    let config = &runtime.config;
+    let state = Arc::new(Runtime::open(config).await?);
+    let config = &state.config;
     let mut socket = CriSocket::bind(&config.socket_path())?;
     let listener = socket
         .listener()
@@ -38,7 +38,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
             source,
         })?;
 
-    let metrics = Arc::new(Metrics::new());
+    let metrics = state.metrics.clone();
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_task = match config.metrics_address() {
         Some(address) => {
@@ -51,10 +51,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
             let address_file = config.state.join(METRICS_ADDRESS_FILE);
             std::fs::write(&address_file, format!("{bound}\n")).map_err(metrics_error)?;
             tracing::info!(address = %bound, "serving metrics at /metrics");
-            let metrics = metrics.clone();
+            let objects = {
+                let state = state.clone();
+                Arc::new(move || state.object_counts())
+            };
             Some(tokio::spawn(crate::metrics::serve(
                 metrics_listener,
-                metrics,
+                metrics.clone(),
+                objects,
                 async move {
                     let _ = metrics_stopped.await;
                 },
@@ -64,7 +68,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     };
 
     let max_message_size = config.grpc.max_message_size;
-    let state = Arc::new(runtime);
     crate::recovery::recover(&state).await;
     let collector = crate::stats::collector::spawn(state.clone());
     let service = CriService::new(state.clone());

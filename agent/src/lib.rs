@@ -10,7 +10,8 @@
 //! the cgroup layout and driver, [`network`] pinned namespaces and CNI,
 //! [`sandbox`] pod sandboxes, [`container`] containers and the CRI to OCI
 //! spec translation, [`shim_client`] their shims, [`recovery`] what
-//! start-up repairs, [`binaries`] where the helper binaries are. Errors
+//! start-up repairs, [`binaries`] where the helper binaries are,
+//! [`telemetry`] the OTLP export of tracing spans. Errors
 //! are [`Error`], mapped to gRPC codes in one place (`error.rs`).
 #![deny(unsafe_code)]
 
@@ -35,5 +36,6 @@ pub mod shim_client;
 pub mod socket;
 pub mod stats;
 pub mod store;
+pub mod telemetry;
 
 pub use error::{Error, ErrorKind, Result};

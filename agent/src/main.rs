@@ -72,17 +72,25 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(&cli)?;
-    init_logging(&config, cli.log_level.is_some());
     berth_agent::memory::limit_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let export = {
+        // The span exporter's gRPC channel is made inside the runtime.
+        let _runtime = runtime.enter();
+        init_logging(&config, cli.log_level.is_some())?
+    };
+    let served = runtime.block_on(async {
         let shutdown = shutdown_signal()?;
         berth_agent::daemon::run(config, shutdown).await?;
         Ok(())
-    })
+    });
+    if let Some(export) = export {
+        export.shutdown();
+    }
+    served
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
@@ -108,9 +116,15 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 /// `--log-level` wins, then RUST_LOG (which takes per-module directives),
-/// then `log.level` from the file.
-fn init_logging(config: &Config, level_from_flag: bool) {
-    use tracing_subscriber::EnvFilter;
+/// then `log.level` from the file. The level filters the log only: the
+/// OTLP export, when configured, takes berth's spans whatever the level.
+fn init_logging(
+    config: &Config,
+    level_from_flag: bool,
+) -> anyhow::Result<Option<berth_agent::telemetry::Export>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, Registry};
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !level_from_flag && !directives.is_empty() => {
             EnvFilter::try_new(&directives).unwrap_or_else(|e| {
@@ -121,14 +135,23 @@ fn init_logging(config: &Config, level_from_flag: bool) {
         _ => EnvFilter::new(&config.log.level),
     };
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let log = match config.log.format {
+        LogFormat::Text => log.with_filter(filter).boxed(),
+        LogFormat::Json => log.json().with_filter(filter).boxed(),
+    };
+    let mut layers: Vec<berth_agent::telemetry::BoxedLayer<Registry>> = vec![log];
+    let export = match berth_agent::telemetry::layer(&config.tracing)? {
+        Some((layer, export)) => {
+            layers.push(layer);
+            Some(export)
+        }
+        None => None,
+    };
+    tracing_subscriber::registry().with(layers).init();
+    Ok(export)
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

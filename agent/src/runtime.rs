@@ -11,9 +11,11 @@
 
 use crate::cgroups::{choose_driver, systemd_running, CgroupDriver, CgroupLayout};
 use crate::config::Config;
+use crate::container::ContainerState;
 use crate::container::Containers;
 use crate::events::Events;
-use crate::sandbox::{SandboxRecord, Sandboxes};
+use crate::metrics::{Metrics, ObjectCounts};
+use crate::sandbox::{SandboxRecord, SandboxState, Sandboxes};
 use crate::stats::StatsCache;
 use crate::store::{Store, Table};
 use crate::Result;
@@ -50,6 +52,9 @@ pub struct Runtime {
     /// The stats collector's samples; written by its rounds and by the
     /// stats calls' refreshes (see [`crate::stats`]).
     pub stats: StatsCache,
+    /// Prometheus metrics, counted by the CRI layer and the domain code;
+    /// served by the metrics endpoint.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Runtime {
@@ -91,6 +96,7 @@ impl Runtime {
             containers,
             events: Events::default(),
             stats,
+            metrics: Arc::new(Metrics::new()),
         })
     }
 
@@ -104,6 +110,40 @@ impl Runtime {
         tokio::task::spawn_blocking(move || write(&runtime))
             .await
             .expect("store writes do not panic")
+    }
+
+    /// Pods and containers by state and the running shims, as the records
+    /// say now: the state gauges of a scrape.
+    pub fn object_counts(&self) -> ObjectCounts {
+        let mut pods = [("creating", 0), ("ready", 0), ("not_ready", 0)];
+        for sandbox in self.sandboxes.list() {
+            let slot = match sandbox.effective_state() {
+                SandboxState::Creating => 0,
+                SandboxState::Ready => 1,
+                SandboxState::NotReady => 2,
+            };
+            pods[slot].1 += 1;
+        }
+        let mut containers = [
+            ("creating", 0),
+            ("created", 0),
+            ("running", 0),
+            ("exited", 0),
+        ];
+        for container in self.containers.list() {
+            let slot = match container.state {
+                ContainerState::Creating => 0,
+                ContainerState::Created => 1,
+                ContainerState::Running => 2,
+                ContainerState::Exited => 3,
+            };
+            containers[slot].1 += 1;
+        }
+        ObjectCounts {
+            pods: pods.to_vec(),
+            shims: containers[1].1 + containers[2].1,
+            containers: containers.to_vec(),
+        }
     }
 
     /// Publishes `kind` for `id` (a container of `sandbox`, or the sandbox

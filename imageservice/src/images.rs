@@ -33,6 +33,7 @@ use berth_snapshotter::{apply_layer, FsUsage, Kind, Snapshotter};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
@@ -169,7 +170,21 @@ impl Images {
         auth: Option<AuthConfig>,
         deadline: Option<Instant>,
     ) -> Result<ImageRecord> {
-        let pulled = self.pull_image(image, auth, deadline).await;
+        self.pull_counted(image, auth, deadline, Arc::default())
+            .await
+    }
+
+    /// [`Images::pull`], adding every body byte received from registries
+    /// (manifests, config, layers; failed pulls too) to `received` as it
+    /// arrives. Layers another pull is downloading count for that pull.
+    pub async fn pull_counted(
+        &self,
+        image: &str,
+        auth: Option<AuthConfig>,
+        deadline: Option<Instant>,
+        received: Arc<AtomicU64>,
+    ) -> Result<ImageRecord> {
+        let pulled = self.pull_image(image, auth, deadline, received).await;
         if pulled.is_err() {
             if let Err(e) = self.collect_garbage().await {
                 tracing::warn!(error = %e, "cannot collect the layers of a failed pull");
@@ -207,11 +222,13 @@ impl Images {
         image: &str,
         auth: Option<AuthConfig>,
         deadline: Option<Instant>,
+        received: Arc<AtomicU64>,
     ) -> Result<ImageRecord> {
         let reference: Reference = image.parse()?;
         let options = PullOptions {
             auth,
             deadline: deadline.map(tokio::time::Instant::from_std),
+            received: Some(received),
             ..PullOptions::default()
         };
         let session = self.client.session(&reference, options).await?;

@@ -1204,3 +1204,51 @@ async fn images_in_use_are_not_removed() {
     assert!(images.status(name).await.expect("status").is_none());
     assert!(images.remove(name).await.expect("remove again").is_none());
 }
+
+/// `pull_counted` adds every body byte a pull received: manifest, config
+/// and layer the first time; a second pull of the same image downloads
+/// no blob again.
+#[tokio::test]
+async fn pulls_count_the_bytes_they_received() {
+    // Two zero blocks: an empty tar archive.
+    let image = TestImage::with_layer(vec![0; 1024]);
+    let served = image.clone();
+    let registry = FakeRegistry::start(move |req| {
+        if req.path == "/v2/" {
+            return reply(200, &[("content-type", "application/json")], "{}");
+        }
+        served.route("/v2", req).unwrap_or_else(not_found)
+    })
+    .await;
+    let hosts = HostsDir::new();
+    hosts.write("fake.test", &format!("server = \"{}\"\n", registry.url()));
+    let root = tempfile::tempdir().expect("tempdir");
+    let images = berth_imageservice::Images::open(berth_imageservice::ImagesConfig {
+        root: root.path().to_owned(),
+        hosts_dir: Some(hosts.path()),
+        max_concurrent_downloads: 3,
+        stall_timeout: Duration::from_secs(10),
+        pinned: Vec::new(),
+        keep_layer_blobs: false,
+    })
+    .await
+    .expect("open the image service");
+    let name = "fake.test/team/app:1";
+    let first = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    images
+        .pull_counted(name, None, None, first.clone())
+        .await
+        .expect("pull");
+    let whole = (image.manifest.len() + image.config.len() + image.layer.len()) as u64;
+    assert_eq!(first.load(std::sync::atomic::Ordering::Relaxed), whole);
+    let again = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    images
+        .pull_counted(name, None, None, again.clone())
+        .await
+        .expect("pull again");
+    let again = again.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        again <= image.manifest.len() as u64,
+        "{again} bytes for an image already present"
+    );
+}

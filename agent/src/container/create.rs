@@ -31,6 +31,7 @@ use super::{
     PodPidNamespace, SpecInput,
 };
 use crate::failpoint;
+use crate::metrics::Phase;
 use crate::runtime::Runtime;
 use crate::sandbox::{files, now_nanos, random_id, SandboxError, SandboxRecord, SandboxState};
 use crate::shim_client::{self, ShimClient};
@@ -41,6 +42,7 @@ use containerd_shim_protos::api::CreateTaskRequest;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 /// Creates a container; returns its id.
 pub async fn create(state: &Arc<Runtime>, request: cri::CreateContainerRequest) -> Result<String> {
@@ -67,7 +69,8 @@ pub async fn create(state: &Arc<Runtime>, request: cri::CreateContainerRequest) 
         .find_created(&request.pod_sandbox_id)?
         .ok_or_else(|| SandboxError::NotFound(request.pod_sandbox_id.clone()))?;
     let (_client, gone) = oneshot::channel::<()>();
-    let task = tokio::spawn(create_task(state.clone(), sandbox.id, config, image, gone));
+    let task =
+        tokio::spawn(create_task(state.clone(), sandbox.id, config, image, gone).in_current_span());
     task.await.expect("CreateContainer's task does not panic")
 }
 
@@ -251,6 +254,7 @@ struct Prepared {
 }
 
 /// Makes the snapshot, bundle and task; `record` learns what was made.
+#[tracing::instrument(level = "debug", name = "create_container", skip_all, fields(container_id = %record.id, pod_id = %sandbox.id))]
 async fn make(
     state: &Arc<Runtime>,
     sandbox: &SandboxRecord,
@@ -264,7 +268,9 @@ async fn make(
         let state = state.clone();
         let sandbox = sandbox.clone();
         let record = record.clone();
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
             let image = ImageParts {
                 parent,
                 config: image_config,
@@ -289,13 +295,18 @@ async fn make(
 
     let settings = &state.containers.shim;
     let shim = record.shim().map_err(ContainerError::from)?;
-    let started = shim_client::launch(settings, &shim, &record.id, &record.bundle)
+    let launch = shim_client::launch(settings, &shim, &record.id, &record.bundle);
+    let started = state
+        .metrics
+        .timed(Phase::ShimStart, launch)
         .await
+        .inspect_err(|_| state.metrics.shim_start_failed())
         .map_err(ContainerError::from)?;
     record.task_api = started.task_api;
     failpoint::hit("container-create:after-shim-start");
     let client = ShimClient::connect(&record.id, &started.address, started.task_api)
         .await
+        .inspect_err(|_| state.metrics.shim_start_failed())
         .map_err(ContainerError::from)?;
     let log = if record.log_path.is_empty() {
         String::new()
@@ -326,7 +337,11 @@ async fn make(
     failpoint::hit_when("container-create:during-task-create", move || {
         runtime_state.exists()
     });
-    record.pid = client.create(request).await.map_err(ContainerError::from)?;
+    record.pid = state
+        .metrics
+        .timed(Phase::OciCreate, client.create(request))
+        .await
+        .map_err(ContainerError::from)?;
     failpoint::hit("container-create:after-task-create");
     Ok(())
 }
@@ -390,8 +405,10 @@ fn prepare_bundle(
     owner_only::create_dir(&rootfs).map_err(|e| ContainerError::io(&rootfs, e))?;
 
     let snapshotter = state.images.snapshotter();
-    let mounts = snapshotter
-        .prepare(&record.id, image.parent.as_deref())
+    let prepare = || snapshotter.prepare(&record.id, image.parent.as_deref());
+    let mounts = state
+        .metrics
+        .timed_blocking(Phase::SnapshotPrepare, prepare)
         .map_err(ContainerError::from)?;
     let users = read_image_users(&mounts, &rootfs)?;
     let image_volumes = image_volume::mount_all(snapshotter, bundle, &record.id, &image.volumes)?;

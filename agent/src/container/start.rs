@@ -5,12 +5,14 @@
 
 use super::exit;
 use super::record::{state_name, ContainerError, ContainerState};
+use crate::metrics::Phase;
 use crate::runtime::Runtime;
 use crate::sandbox::SandboxState;
 use crate::{Error, Result};
 use std::sync::Arc;
 
 /// Starts container `id` (an id or a unique prefix).
+#[tracing::instrument(level = "debug", name = "start_container", skip(state), fields(container_id = %id))]
 pub async fn start(state: &Arc<Runtime>, id: &str) -> Result<()> {
     let record = state
         .containers
@@ -37,7 +39,7 @@ pub async fn start(state: &Arc<Runtime>, id: &str) -> Result<()> {
         .client(&record)
         .await
         .map_err(ContainerError::from)?;
-    let started = client.start("").await;
+    let started = state.metrics.timed(Phase::Start, client.start("")).await;
     let key = record.id.clone();
     let now = crate::sandbox::now_nanos();
     let outcome = match &started {

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::container::{self, ContainerError};
 use crate::failpoint;
+use crate::metrics::Phase;
 use crate::network::cni_config;
 use crate::network::netns::{self, NamespaceKind};
 use crate::runtime::Runtime;
@@ -31,6 +32,7 @@ use berth_owner_only as owner_only;
 use berth_proto::cri::v1 as cri;
 use std::sync::Arc;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 /// Runs a pod sandbox; returns its id.
 pub async fn run(state: &Arc<Runtime>, request: cri::RunPodSandboxRequest) -> Result<String> {
@@ -70,7 +72,7 @@ pub async fn run(state: &Arc<Runtime>, request: cri::RunPodSandboxRequest) -> Re
     };
     // Dropped with this future if the client goes away.
     let (_client, gone) = oneshot::channel::<()>();
-    let task = tokio::spawn(create(state.clone(), record, gone));
+    let task = tokio::spawn(create(state.clone(), record, gone).in_current_span());
     task.await.expect("RunPodSandbox's task does not panic")
 }
 
@@ -174,6 +176,7 @@ fn validate(state: &Runtime, config: &cri::PodSandboxConfig, handler: &str) -> R
 }
 
 /// The creation proper; see the module doc.
+#[tracing::instrument(level = "debug", name = "run_pod_sandbox", skip_all, fields(pod_id = %record.id, pod = %record.name))]
 async fn create(
     state: Arc<Runtime>,
     mut record: SandboxRecord,
@@ -237,7 +240,7 @@ async fn make(
         matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Closed))
     };
     let snapshot = record.clone();
-    tokio::task::spawn_blocking(move || make_local(&snapshot))
+    let netns_took = tokio::task::spawn_blocking(move || make_local(&snapshot))
         .await
         .expect("making the sandbox dir does not panic")?;
     failpoint::hit("sandbox-run:after-namespaces");
@@ -252,7 +255,11 @@ async fn make(
         return Err(SandboxError::Abandoned.into());
     }
     if let (Some(net), Some(netns)) = (record.network.clone(), record.namespaces.net.clone()) {
-        let (result, ips) = network::attach(record, &netns, &net, &state.config.cni.bin_dirs)
+        let bin_dirs = &state.config.cni.bin_dirs;
+        let attach = network::attach(record, &netns, &net, bin_dirs);
+        let (result, ips) = state
+            .metrics
+            .timed_after(Phase::NetworkSetup, netns_took, attach)
             .await
             .map_err(SandboxError::from)?;
         let net = record.network.as_mut().expect("checked above");
@@ -264,8 +271,9 @@ async fn make(
 }
 
 /// The steps that are plain system calls: the directory, namespaces,
-/// hostname, sysctls, files and `/dev/shm`.
-fn make_local(record: &SandboxRecord) -> Result<(), SandboxError> {
+/// hostname, sysctls, files and `/dev/shm`. Returns the time the network
+/// namespace took (part of the `network_setup` phase).
+fn make_local(record: &SandboxRecord) -> Result<std::time::Duration, SandboxError> {
     let dir = &record.dir;
     // Owner-only: containers see the pod's files through bind mounts that
     // runc makes as root, so no other user needs a way in.
@@ -280,13 +288,18 @@ fn make_local(record: &SandboxRecord) -> Result<(), SandboxError> {
         source,
     })?;
     let ns = &record.namespaces;
+    let mut netns_took = std::time::Duration::ZERO;
     for (kind, path) in [
         (NamespaceKind::Network, &ns.net),
         (NamespaceKind::Ipc, &ns.ipc),
         (NamespaceKind::Uts, &ns.uts),
     ] {
         if let Some(path) = path {
+            let started = std::time::Instant::now();
             netns::create(kind, path)?;
+            if kind == NamespaceKind::Network {
+                netns_took = started.elapsed();
+            }
         }
     }
     let hostname = if record.config.hostname.is_empty() {
@@ -317,7 +330,7 @@ fn make_local(record: &SandboxRecord) -> Result<(), SandboxError> {
     if ns.ipc.is_some() {
         files::mount_shm(&paths.shm, files::DEFAULT_SHM_SIZE)?;
     }
-    Ok(())
+    Ok(netns_took)
 }
 
 /// Undoes a sandbox that did not become ready; failures are logged (the

@@ -7,8 +7,11 @@ use berth_imageservice::ImageRecord;
 use berth_proto::cri::v1 as cri;
 use berth_proto::cri::v1::image_service_server::ImageService;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 #[tonic::async_trait]
 impl ImageService for CriService {
@@ -82,7 +85,16 @@ impl ImageService for CriService {
             identity_token: auth.identity_token,
             registry_token: auth.registry_token,
         });
-        let pulled = self.state.images.pull(name, auth, deadline).await;
+        let started = Instant::now();
+        let received = Arc::new(AtomicU64::new(0));
+        let pulled = self
+            .state
+            .images
+            .pull_counted(name, auth, deadline, received.clone())
+            .instrument(tracing::debug_span!("image_pull", image = name))
+            .await;
+        let received = received.load(Ordering::Relaxed);
+        self.state.metrics.record_pull(started, received, &pulled);
         tokio::task::spawn_blocking(crate::memory::release_free_heap);
         // Past the client's deadline the answer is DeadlineExceeded whatever
         // the pull's outcome: a layer task may have seen its siblings

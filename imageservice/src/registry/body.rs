@@ -2,6 +2,8 @@
 //! session's deadline and its cancellation.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,11 +13,14 @@ use tokio_util::sync::CancellationToken;
 use super::RegistryError;
 use crate::digest::Digest;
 
-/// The limits every network wait of a session honours.
+/// The limits every network wait of a session honours, and the count of
+/// the body bytes it received.
 #[derive(Debug, Clone)]
 pub(crate) struct Guard {
     pub deadline: Option<Instant>,
     pub cancel: CancellationToken,
+    /// Body bytes received (manifests and blobs); shared by the clones.
+    pub received: Arc<AtomicU64>,
 }
 
 /// What a timeout means for the error.
@@ -28,6 +33,11 @@ pub(crate) enum Wait {
 }
 
 impl Guard {
+    /// Counts `bytes` of a body received.
+    pub(crate) fn received(&self, bytes: usize) {
+        self.received.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
     /// Runs `fut`, failing on cancellation, at the deadline, or after `limit`.
     pub(crate) async fn run<T>(
         &self,
@@ -109,6 +119,7 @@ impl Blob {
             .await?;
         match next {
             Ok(Some(bytes)) => {
+                self.guard.received(bytes.len());
                 self.received += bytes.len() as u64;
                 if self.received > self.size {
                     return Err(self.size_error("more"));

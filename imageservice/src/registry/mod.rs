@@ -30,6 +30,7 @@ mod body;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -93,6 +94,9 @@ pub struct PullOptions {
     /// Dropping a session's future cancels too; this is for work shared by
     /// several callers.
     pub cancel: Option<CancellationToken>,
+    /// Every body byte the session receives (manifests and blobs) is added
+    /// to it as it arrives; `None`: a counter of its own.
+    pub received: Option<Arc<AtomicU64>>,
 }
 
 /// Failures talking to a registry. URLs have no credentials or query.
@@ -427,6 +431,7 @@ impl Client {
                 guard: Guard {
                     deadline: options.deadline,
                     cancel: options.cancel.unwrap_or_default(),
+                    received: options.received.unwrap_or_default(),
                 },
                 manifests: Mutex::new(HashMap::new()),
             }),
@@ -1055,6 +1060,7 @@ impl Session {
                     source: e.without_url(),
                 })?;
             let Some(chunk) = chunk else { break };
+            self.inner.guard.received(chunk.len());
             body.extend_from_slice(&chunk);
             if body.len() as u64 > limit {
                 return Err(too_long(body.len() as u64));
