@@ -23,7 +23,6 @@ pub mod container;
 pub mod daemon;
 mod error;
 pub mod events;
-pub mod failpoint;
 pub mod memory;
 pub mod metrics;
 pub mod network;
@@ -36,3 +35,6 @@ pub mod socket;
 pub mod store;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// Test-only crash points (the `failpoints` feature).
+use berth_failpoint as failpoint;

@@ -6,11 +6,13 @@
 //! images of `../shared/testimages` and writes the hosts.toml mirrors;
 //! [`Suite`] runs named tests in order and prints the closing
 //! `N passed, N failed` line; [`leaks`] finds what a daemon left behind;
+//! [`failpoints`] serves the crash suites;
 //! [`network::Network`] gives each daemon a CNI bridge and subnet of its own.
 //!
 //! Everything a test starts is stopped by the PID it was given, and every
 //! daemon is checked for leaks after it stops.
 
+pub mod failpoints;
 pub mod leaks;
 pub mod network;
 pub mod stall;
@@ -204,6 +206,21 @@ impl Berthd {
             .map_err(|e| format!("cannot start {}: {e}", berthd_binary().display()))?;
         self.child = Some(child);
         self.wait_ready()
+    }
+
+    /// Stops the daemon with SIGTERM (its containers keep running, as on a
+    /// restart of the agent) and starts it again with `env`: one daemon
+    /// serves a group of tests that each arm a failpoint of their own.
+    pub fn restart_with_env(&mut self, env: Vec<(String, String)>) -> TestResult {
+        let status = self.terminate()?;
+        if !status.success() {
+            return Err(format!(
+                "berthd exited with {status} on SIGTERM:\n{}",
+                self.log()
+            ));
+        }
+        self.env = env;
+        self.restart()
     }
 
     /// Replaces the environment variables of the next [`Berthd::restart`].

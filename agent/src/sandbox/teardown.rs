@@ -5,6 +5,7 @@
 
 use super::{files, network, pid_init, SandboxError, SandboxRecord};
 use crate::network::netns;
+use crate::failpoint;
 use crate::runtime::Runtime;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,9 +15,11 @@ use std::sync::Arc;
 /// says whether it was); everything else is idempotent.
 pub async fn release(bin_dirs: &[PathBuf], record: &SandboxRecord) -> Result<(), SandboxError> {
     pid_init::stop(&record.dir, record.init_pid).await;
+    failpoint::hit("sandbox-release:after-pid-init");
     if let (Some(net), Some(netns)) = (&record.network, &record.namespaces.net) {
         if !net.detached {
             network::detach(record, netns, bin_dirs).await;
+            failpoint::hit("sandbox-release:after-cni-del");
         }
     }
     let paths = record.file_paths();
@@ -34,6 +37,7 @@ pub async fn release(bin_dirs: &[PathBuf], record: &SandboxRecord) -> Result<(),
         {
             netns::remove(&ns)?;
         }
+        failpoint::hit("sandbox-release:after-namespaces");
         Ok(())
     })
     .await
@@ -46,6 +50,7 @@ pub async fn release(bin_dirs: &[PathBuf], record: &SandboxRecord) -> Result<(),
 pub async fn discard(state: &Arc<Runtime>, record: &SandboxRecord) -> crate::Result<()> {
     release(&state.config.cni.bin_dirs, record).await?;
     remove_dir(&record.dir).await?;
+    failpoint::hit("sandbox-discard:before-record-delete");
     let id = record.id.clone();
     state
         .write(move |s| s.sandboxes.delete(&s.store, &id))
