@@ -89,6 +89,18 @@ pub struct CniConfig {
     pub conf_dir: PathBuf,
     /// Plugin binaries, searched in order.
     pub bin_dirs: Vec<PathBuf>,
+    /// How long one plugin invocation may run before it is killed.
+    pub plugin_timeout_seconds: u64,
+}
+
+impl CniConfig {
+    /// The plugins as [`crate::network::cni`] runs them.
+    pub fn plugins(&self) -> crate::network::cni::Plugins<'_> {
+        crate::network::cni::Plugins {
+            dirs: &self.bin_dirs,
+            timeout: std::time::Duration::from_secs(self.plugin_timeout_seconds),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,6 +145,9 @@ pub struct RuntimeConfig {
     pub default_handler: String,
     /// RuntimeClass handlers by name.
     pub handlers: BTreeMap<String, HandlerConfig>,
+    /// How long one OCI runtime command (create, start, kill, delete, ...)
+    /// may run in berth's shim before the shim kills it.
+    pub command_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,6 +217,7 @@ impl Default for CniConfig {
         Self {
             conf_dir: PathBuf::from("/etc/cni/net.d"),
             bin_dirs: vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")],
+            plugin_timeout_seconds: 60,
         }
     }
 }
@@ -245,6 +261,7 @@ impl Default for RuntimeConfig {
                 ("runc".to_owned(), handler("runc")),
                 ("crun".to_owned(), handler("crun")),
             ]),
+            command_timeout_seconds: 30,
         }
     }
 }
@@ -320,6 +337,26 @@ impl Config {
         if self.image.stall_timeout_seconds == 0 {
             return Err(ConfigError::Invalid {
                 key: "image.stall_timeout_seconds",
+                message: "must be at least 1".to_owned(),
+            });
+        }
+        // The shim must give up on a runtime before berthd gives up on the
+        // shim, or the shim's answer (and its cleanup) would be lost.
+        let call = crate::shim_client::CALL_TIMEOUT.as_secs();
+        if self.runtime.command_timeout_seconds == 0
+            || self.runtime.command_timeout_seconds + 10 > call
+        {
+            return Err(ConfigError::Invalid {
+                key: "runtime.command_timeout_seconds",
+                message: format!(
+                    "must be between 1 and {} (berthd waits {call} s for a shim call)",
+                    call - 10
+                ),
+            });
+        }
+        if self.cni.plugin_timeout_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                key: "cni.plugin_timeout_seconds",
                 message: "must be at least 1".to_owned(),
             });
         }
@@ -468,6 +505,18 @@ mod tests {
                 "image.max_concurrent_downloads",
             ),
             ("[cni]\nbin_dirs = 3\n", "cni.bin_dirs"),
+            (
+                "[cni]\nplugin_timeout_seconds = 0\n",
+                "cni.plugin_timeout_seconds",
+            ),
+            (
+                "[runtime]\ncommand_timeout_seconds = 0\n",
+                "runtime.command_timeout_seconds",
+            ),
+            (
+                "[runtime]\ncommand_timeout_seconds = 55\n",
+                "runtime.command_timeout_seconds",
+            ),
             (
                 "[runtime.handlers.kata]\nruntime_pth = \"x\"\n",
                 "runtime.handlers.kata.runtime_pth",

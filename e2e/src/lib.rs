@@ -91,6 +91,10 @@ pub struct BerthdOptions {
     /// CNI config dir; `None` writes a network of the daemon's own (its own
     /// bridge and subnet, see [`network::Network`]) into a private directory.
     pub cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin dirs (`cni.bin_dirs`); `None` keeps berthd's default.
+    pub cni_bin_dirs: Option<Vec<PathBuf>>,
+    /// `cni.plugin_timeout_seconds`; `None` keeps berthd's default.
+    pub cni_plugin_timeout_seconds: Option<u64>,
     /// Extra TOML appended to the generated config file.
     pub extra_config: String,
     /// Put the root on a tmpfs of this many MiB, to run out of disk.
@@ -134,10 +138,21 @@ impl Berthd {
         let registry = options
             .registry_config_path
             .unwrap_or_else(|| dir.path().join("certs.d"));
+        let bin_dirs = match &options.cni_bin_dirs {
+            Some(dirs) => {
+                let quoted: Vec<String> = dirs.iter().map(|d| format!("{:?}", d.display().to_string())).collect();
+                format!("bin_dirs = [{}]\n", quoted.join(", "))
+            }
+            None => String::new(),
+        };
+        let bin_dirs = match options.cni_plugin_timeout_seconds {
+            Some(seconds) => format!("{bin_dirs}plugin_timeout_seconds = {seconds}\n"),
+            None => bin_dirs,
+        };
         let config = format!(
             "root = \"{root}\"\nstate = \"{state}\"\n\n[grpc]\nsocket = \"{socket}\"\n\n\
              [log]\nlevel = \"debug\"\n\n[metrics]\naddress = \"127.0.0.1:0\"\n\n\
-             [cni]\nconf_dir = \"{cni}\"\n\n[registry]\nconfig_path = \"{registry}\"\n{extra}",
+             [cni]\nconf_dir = \"{cni}\"\n{bin_dirs}\n[registry]\nconfig_path = \"{registry}\"\n{extra}",
             root = dir.path().join("root").display(),
             state = dir.path().join("state").display(),
             socket = dir.path().join("berth.sock").display(),

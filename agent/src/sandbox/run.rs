@@ -252,7 +252,7 @@ async fn make(
         return Err(SandboxError::Abandoned.into());
     }
     if let (Some(net), Some(netns)) = (record.network.clone(), record.namespaces.net.clone()) {
-        let (result, ips) = network::attach(record, &netns, &net, &state.config.cni.bin_dirs)
+        let (result, ips) = network::attach(record, &netns, &net, state.config.cni.plugins())
             .await
             .map_err(SandboxError::from)?;
         let net = record.network.as_mut().expect("checked above");

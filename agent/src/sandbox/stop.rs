@@ -43,7 +43,7 @@ pub(super) async fn stop_locked(
             .await
             .map_err(Error::from)?;
     }
-    teardown::release(&state.config.cni.bin_dirs, record).await?;
+    teardown::release(state.config.cni.plugins(), record).await?;
     if record.state == SandboxState::NotReady && record.network.as_ref().is_none_or(|n| n.detached)
     {
         return Ok(());
