@@ -204,7 +204,9 @@ fn sandbox_released(record: &SandboxRecord) -> bool {
         .all(|path| !netns::is_pinned(path));
     unpinned
         && record.network.as_ref().is_none_or(|n| n.detached)
-        && record.init_pid.is_none_or(|pid| !pid_init::is_berth_init(pid))
+        && record
+            .init_pid
+            .is_none_or(|pid| !pid_init::is_berth_init(pid))
 }
 
 async fn remove_sandbox(state: &Arc<Runtime>, record: &SandboxRecord) {

@@ -140,7 +140,10 @@ impl Berthd {
             .unwrap_or_else(|| dir.path().join("certs.d"));
         let bin_dirs = match &options.cni_bin_dirs {
             Some(dirs) => {
-                let quoted: Vec<String> = dirs.iter().map(|d| format!("{:?}", d.display().to_string())).collect();
+                let quoted: Vec<String> = dirs
+                    .iter()
+                    .map(|d| format!("{:?}", d.display().to_string()))
+                    .collect();
                 format!("bin_dirs = [{}]\n", quoted.join(", "))
             }
             None => String::new(),

@@ -149,19 +149,29 @@ fn main() {
         .as_ref()
         .map(|r| format!("{}/bench/whiteout:1", r.address()));
 
-    group(&mut suite, "pull", options.clone(), PULL_FAILPOINTS, |berthd, fp| {
-        pull_crash(berthd, fp, whiteout.as_deref().ok_or("no registry")?)
-    });
+    group(
+        &mut suite,
+        "pull",
+        options.clone(),
+        PULL_FAILPOINTS,
+        |berthd, fp| pull_crash(berthd, fp, whiteout.as_deref().ok_or("no registry")?),
+    );
     let containers: Vec<&str> = CONTAINER_FAILPOINTS.iter().map(|c| c.0).collect();
     let mut setup = Setup::default();
-    group(&mut suite, "container", options.clone(), &containers, |berthd, fp| {
-        let (_, call, state) = CONTAINER_FAILPOINTS
-            .iter()
-            .find(|c| c.0 == fp)
-            .expect("a listed failpoint");
-        let pod = setup.pod(berthd)?;
-        container_crash(berthd, &pod, fp, *call, state)
-    });
+    group(
+        &mut suite,
+        "container",
+        options.clone(),
+        &containers,
+        |berthd, fp| {
+            let (_, call, state) = CONTAINER_FAILPOINTS
+                .iter()
+                .find(|c| c.0 == fp)
+                .expect("a listed failpoint");
+            let pod = setup.pod(berthd)?;
+            container_crash(berthd, &pod, fp, *call, state)
+        },
+    );
     let pods: Vec<&str> = POD_FAILPOINTS.iter().map(|c| c.failpoint).collect();
     group(&mut suite, "pod", options, &pods, |berthd, fp| {
         let case = POD_FAILPOINTS
@@ -204,12 +214,14 @@ fn group(
             outcome
         });
     }
-    suite.run(&format!("{name}_group_leaves_nothing"), || match berthd.take() {
-        Some(daemon) => {
-            daemon.crictl_ok(&["rmp", "--all", "--force"])?;
-            daemon.stop()
+    suite.run(&format!("{name}_group_leaves_nothing"), || {
+        match berthd.take() {
+            Some(daemon) => {
+                daemon.crictl_ok(&["rmp", "--all", "--force"])?;
+                daemon.stop()
+            }
+            None => Ok(()),
         }
-        None => Ok(()),
     });
 }
 
@@ -492,10 +504,7 @@ fn pod_crash(berthd: &mut Berthd, case: &PodCase) -> TestResult {
         })?;
         let held = held_by(berthd, &id);
         ensure(held.is_empty(), || {
-            format!(
-                "the stopped pod {id} still holds:\n  {}",
-                held.join("\n  ")
-            )
+            format!("the stopped pod {id} still holds:\n  {}", held.join("\n  "))
         })?;
     }
     if let Some(container) = &container {
@@ -510,7 +519,9 @@ fn pod_crash(berthd: &mut Berthd, case: &PodCase) -> TestResult {
     berthd.crictl_ok(&["stopp", &id])?;
     berthd.crictl_ok(&["rmp", "--force", &id])?;
     let listed = berthd.crictl_ok(&["pods", "-q"])?;
-    ensure(!listed.contains(&id), || format!("{id} is listed after rmp"))?;
+    ensure(!listed.contains(&id), || {
+        format!("{id} is listed after rmp")
+    })?;
     let mut left = held_by(berthd, &id);
     let dir = berthd.state_dir().join("sandboxes").join(&id);
     if dir.exists() {

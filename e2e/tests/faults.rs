@@ -242,23 +242,22 @@ fn main() {
         }
         Ok(())
     };
-    let mut run = |suite: &mut Suite,
-                   name: String,
-                   test: &dyn Fn(&mut Berthd, &Wrappers) -> TestResult| {
-        suite.run(&name, || {
-            daemon(&mut berthd)?;
-            let outcome = test(berthd.as_mut().expect("started above"), &wrappers);
-            let _ = std::fs::remove_file(wrappers.runtime_fault());
-            let _ = std::fs::remove_file(wrappers.cni_fault());
-            if outcome.is_err() {
-                // The retry, and the next test, start from a fresh daemon.
-                if let Some(daemon) = berthd.take() {
-                    let _ = daemon.crictl(&["rmp", "--all", "--force"]);
+    let mut run =
+        |suite: &mut Suite, name: String, test: &dyn Fn(&mut Berthd, &Wrappers) -> TestResult| {
+            suite.run(&name, || {
+                daemon(&mut berthd)?;
+                let outcome = test(berthd.as_mut().expect("started above"), &wrappers);
+                let _ = std::fs::remove_file(wrappers.runtime_fault());
+                let _ = std::fs::remove_file(wrappers.cni_fault());
+                if outcome.is_err() {
+                    // The retry, and the next test, start from a fresh daemon.
+                    if let Some(daemon) = berthd.take() {
+                        let _ = daemon.crictl(&["rmp", "--all", "--force"]);
+                    }
                 }
-            }
-            outcome
-        });
-    };
+                outcome
+            });
+        };
     for &(command, mode) in RUNTIME_FAULTS {
         let name = format!("runc_{command}_that_{}s_once", mode.word());
         run(&mut suite, name, &move |berthd, wrappers| {
@@ -287,7 +286,10 @@ fn main() {
 fn failed_with(output: &std::process::Output, code: &str, text: &str) -> TestResult {
     let stderr = String::from_utf8_lossy(&output.stderr);
     ensure(!output.status.success(), || {
-        format!("the call succeeded: {}", String::from_utf8_lossy(&output.stdout))
+        format!(
+            "the call succeeded: {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
     })?;
     ensure(
         stderr.contains(&format!("code = {code}")) && stderr.contains(text),
@@ -373,7 +375,12 @@ fn state_agrees(berthd: &Berthd, id: &str) -> Result<String, String> {
     Ok(state)
 }
 
-fn runtime_fault(berthd: &mut Berthd, wrappers: &Wrappers, command: &str, mode: Mode) -> TestResult {
+fn runtime_fault(
+    berthd: &mut Berthd,
+    wrappers: &Wrappers,
+    command: &str,
+    mode: Mode,
+) -> TestResult {
     let name = format!("{command}-{}", mode.word());
     let pod_json = pod_config(berthd, &name)?;
     let pod = berthd
@@ -381,7 +388,12 @@ fn runtime_fault(berthd: &mut Berthd, wrappers: &Wrappers, command: &str, mode: 
         .trim()
         .to_owned();
     let container_json = container_config(berthd, "victim")?;
-    let create = ["create", pod.as_str(), container_json.as_str(), pod_json.as_str()];
+    let create = [
+        "create",
+        pod.as_str(),
+        container_json.as_str(),
+        pod_json.as_str(),
+    ];
     let bundles = berthd.state_dir().join("containers");
     let runtime_state = berthd.state_dir().join("runc");
     let before = (names_in(&bundles), names_in(&runtime_state));
@@ -393,7 +405,9 @@ fn runtime_fault(berthd: &mut Berthd, wrappers: &Wrappers, command: &str, mode: 
         let mut seen = None;
         loop {
             if seen.is_none() {
-                seen = names_in(&bundles).into_iter().find(|b| !before.0.contains(b));
+                seen = names_in(&bundles)
+                    .into_iter()
+                    .find(|b| !before.0.contains(b));
             }
             if child.try_wait().map_err(|e| e.to_string())?.is_some() {
                 break;
@@ -479,7 +493,12 @@ fn runtime_fault(berthd: &mut Berthd, wrappers: &Wrappers, command: &str, mode: 
 fn crictl_child(berthd: &Berthd, args: &[&str]) -> Result<std::process::Child, String> {
     let endpoint = berthd.endpoint();
     Command::new(berth_e2e::tool("crictl")?)
-        .args(["--runtime-endpoint", &endpoint, "--image-endpoint", &endpoint])
+        .args([
+            "--runtime-endpoint",
+            &endpoint,
+            "--image-endpoint",
+            &endpoint,
+        ])
         .args(["--timeout", "60s"])
         .args(args)
         .stdin(Stdio::null())

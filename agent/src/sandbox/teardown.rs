@@ -4,8 +4,8 @@
 //! crash.
 
 use super::{files, network, pid_init, SandboxError, SandboxRecord};
-use crate::network::netns;
 use crate::failpoint;
+use crate::network::netns;
 use crate::runtime::Runtime;
 use std::path::Path;
 use std::sync::Arc;

@@ -398,7 +398,10 @@ fn shim_command(
         .arg(action)
         .current_dir(bundle)
         .env(SOCKET_DIR_ENV, &settings.socket_dir)
-        .env(RUNTIME_TIMEOUT_ENV, settings.runtime_timeout.as_secs().to_string())
+        .env(
+            RUNTIME_TIMEOUT_ENV,
+            settings.runtime_timeout.as_secs().to_string(),
+        )
         .env_remove("TTRPC_ADDRESS")
         .stdin(std::process::Stdio::null());
     command
