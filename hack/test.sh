@@ -100,7 +100,7 @@ bench_out=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-smoke.XXXXXX")
 BERTHD="$BERTHD" BENCH_OUT="$bench_out/benchmarks" "$REPO/hack/bench/run.sh" --short
 rm -rf "$bench_out"
 
-step "fuzz: every fuzz target for 15 s (a crash fails the run; its input lands in imageservice/fuzz/artifacts/)"
+step "fuzz: every target of every */fuzz crate for 15 s (a crash fails the run; its input lands in <crate>/fuzz/artifacts/)"
 "$REPO/hack/fuzz.sh" 15
 
 step "e2e: critest conformance (ratchet: every spec in e2e/critest-passing.txt)"

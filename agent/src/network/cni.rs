@@ -78,15 +78,17 @@ pub struct Attachment {
     pub capabilities: Map<String, Value>,
 }
 
+/// A CNI operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Command {
+pub enum Command {
     Add,
     Check,
     Del,
 }
 
 impl Command {
-    fn name(self) -> &'static str {
+    /// Its `CNI_COMMAND`.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Add => "ADD",
             Self::Check => "CHECK",
@@ -243,10 +245,11 @@ async fn invoke(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    let binary = find_plugin(&plugin_type, plugins.dirs).ok_or_else(|| CniError::PluginNotFound {
-        plugin: plugin_type.clone(),
-        dirs: join_paths(plugins.dirs),
-    })?;
+    let binary =
+        find_plugin(&plugin_type, plugins.dirs).ok_or_else(|| CniError::PluginNotFound {
+            plugin: plugin_type.clone(),
+            dirs: join_paths(plugins.dirs),
+        })?;
     let stdin = serde_json::to_vec(&plugin_stdin(network, plugin, attachment, previous))
         .expect("a JSON value always serialises");
     let cni_args = attachment
@@ -301,11 +304,28 @@ async fn invoke(
             });
         }
     };
+    let stdout = plugin_output(&plugin_type, command, &output)?;
+    // ADD returns the new result; CHECK and DEL print nothing, and the
+    // result passed along stays the cached one.
+    Ok(match command {
+        Command::Add => stdout,
+        Command::Check | Command::Del => previous.cloned().unwrap_or(Value::Null),
+    })
+}
+
+/// What a plugin run printed: its result (JSON, or `Null` for nothing),
+/// or the error it reported (the spec's `code`, `msg` and `details`, else
+/// its exit status and stderr). Public for the fuzz target `agent/fuzz`.
+pub fn plugin_output(
+    plugin: &str,
+    command: Command,
+    output: &std::process::Output,
+) -> Result<Value, CniError> {
     let stdout: Value = if output.stdout.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
         serde_json::from_slice(&output.stdout).map_err(|source| CniError::BadResult {
-            plugin: plugin_type.clone(),
+            plugin: plugin.to_owned(),
             command: command.name(),
             source,
         })?
@@ -320,18 +340,13 @@ async fn invoke(
             None => format!("{} {}", output.status, stderr.trim()),
         };
         return Err(CniError::Plugin {
-            plugin: plugin_type,
+            plugin: plugin.to_owned(),
             command: command.name(),
             code: stdout["code"].as_i64().unwrap_or(-1),
             message,
         });
     }
-    // ADD returns the new result; CHECK and DEL print nothing, and the
-    // result passed along stays the cached one.
-    Ok(match command {
-        Command::Add => stdout,
-        Command::Check | Command::Del => previous.cloned().unwrap_or(Value::Null),
-    })
+    Ok(stdout)
 }
 
 fn join_paths(paths: &[PathBuf]) -> String {
