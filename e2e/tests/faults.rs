@@ -278,6 +278,8 @@ fn main() {
         None => Ok(()),
     });
     drop(registry);
+    // finish() exits: the wrappers' temp dir goes first.
+    drop(wrappers);
     suite.finish();
 }
 
