@@ -6,7 +6,7 @@
 # Installs the prerequisites (hack/install.sh), then runs, stopping at the
 # first failure: cargo fmt --check, cargo clippy -D warnings, cargo doc with
 # warnings denied (broken intra-doc links and the like), cargo machete (no
-# unused dependencies), the unit and integration tests, the e2e suite (crictl tests, image tests, pod tests, security tests, the crash matrix, the load run, then critest with the
+# unused dependencies), the unit and integration tests, the e2e suite (crictl tests, image tests, pod tests, security tests, the crash matrix, faulty runc and CNI plugins, the load run, then critest with the
 # ratchet of e2e/critest-passing.txt), 15 s of each fuzz target, and a short smoke run of the benchmarks
 # (hack/bench/run.sh --short, figures to a temp dir) so they cannot rot. Needs root: tests create namespaces,
 # mounts and a loopback registry.
@@ -98,6 +98,12 @@ cargo test --locked -p berth-e2e --test metrics
 step "e2e: crash matrix (kill -9 of berthd at each step of CreateContainer and RunPodSandbox)"
 cargo test --locked -p berth-e2e --test crash
 
+step "e2e: crash matrix past create (kill -9 of berthd in pulls, start, stop, remove, pod stop and remove)"
+cargo test --locked -p berth-e2e --test crash_lifecycle
+
+step "e2e: faulty runc and CNI plugin (fail or hang once at create, start, kill, delete, ADD, DEL)"
+cargo test --locked -p berth-e2e --test faults
+
 step "e2e: load (berth-load: 30 pods at concurrency 6 with List/Status calls beside them; zero errors, zero leaks)"
 cargo test --locked -p berth-e2e --test load
 
@@ -106,7 +112,7 @@ bench_out=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-smoke.XXXXXX")
 BERTHD="$BERTHD" BERTH_LOAD="$BERTH_LOAD" BENCH_OUT="$bench_out/benchmarks" "$REPO/hack/bench/run.sh" --short
 rm -rf "$bench_out"
 
-step "fuzz: every fuzz target for 15 s (a crash fails the run; its input lands in imageservice/fuzz/artifacts/)"
+step "fuzz: every target of every */fuzz crate for 15 s (a crash fails the run; its input lands in <crate>/fuzz/artifacts/)"
 "$REPO/hack/fuzz.sh" 15
 
 step "e2e: critest conformance (ratchet: every spec in e2e/critest-passing.txt)"

@@ -99,6 +99,18 @@ pub struct CniConfig {
     pub conf_dir: PathBuf,
     /// Plugin binaries, searched in order.
     pub bin_dirs: Vec<PathBuf>,
+    /// How long one plugin invocation may run before it is killed.
+    pub plugin_timeout_seconds: u64,
+}
+
+impl CniConfig {
+    /// The plugins as [`crate::network::cni`] runs them.
+    pub fn plugins(&self) -> crate::network::cni::Plugins<'_> {
+        crate::network::cni::Plugins {
+            dirs: &self.bin_dirs,
+            timeout: std::time::Duration::from_secs(self.plugin_timeout_seconds),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,6 +166,9 @@ pub struct RuntimeConfig {
     pub default_handler: String,
     /// RuntimeClass handlers by name.
     pub handlers: BTreeMap<String, HandlerConfig>,
+    /// How long one OCI runtime command (create, start, kill, delete, ...)
+    /// may run in berth's shim before the shim kills it.
+    pub command_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -225,6 +240,7 @@ impl Default for CniConfig {
         Self {
             conf_dir: PathBuf::from("/etc/cni/net.d"),
             bin_dirs: vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")],
+            plugin_timeout_seconds: 60,
         }
     }
 }
@@ -276,6 +292,7 @@ impl Default for RuntimeConfig {
                 ("runc".to_owned(), handler("runc")),
                 ("crun".to_owned(), handler("crun")),
             ]),
+            command_timeout_seconds: 30,
         }
     }
 }
@@ -364,6 +381,26 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "stats.collect_period_ms",
                 message: format!("must be at least {MIN_STATS_PERIOD_MS}"),
+            });
+        }
+        // The shim must give up on a runtime before berthd gives up on the
+        // shim, or the shim's answer (and its cleanup) would be lost.
+        let call = crate::shim_client::CALL_TIMEOUT.as_secs();
+        if self.runtime.command_timeout_seconds == 0
+            || self.runtime.command_timeout_seconds + 10 > call
+        {
+            return Err(ConfigError::Invalid {
+                key: "runtime.command_timeout_seconds",
+                message: format!(
+                    "must be between 1 and {} (berthd waits {call} s for a shim call)",
+                    call - 10
+                ),
+            });
+        }
+        if self.cni.plugin_timeout_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                key: "cni.plugin_timeout_seconds",
+                message: "must be at least 1".to_owned(),
             });
         }
         if self.cni.bin_dirs.is_empty() {
@@ -514,6 +551,18 @@ mod tests {
             (
                 "[stats]\ncollect_period_ms = 10\n",
                 "stats.collect_period_ms",
+            ),
+            (
+                "[cni]\nplugin_timeout_seconds = 0\n",
+                "cni.plugin_timeout_seconds",
+            ),
+            (
+                "[runtime]\ncommand_timeout_seconds = 0\n",
+                "runtime.command_timeout_seconds",
+            ),
+            (
+                "[runtime]\ncommand_timeout_seconds = 55\n",
+                "runtime.command_timeout_seconds",
             ),
             (
                 "[runtime.handlers.kata]\nruntime_pth = \"x\"\n",

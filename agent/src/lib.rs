@@ -24,7 +24,6 @@ pub mod container;
 pub mod daemon;
 mod error;
 pub mod events;
-pub mod failpoint;
 pub mod memory;
 pub mod metrics;
 pub mod network;
@@ -39,3 +38,6 @@ pub mod store;
 pub mod telemetry;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// Test-only crash points (the `failpoints` feature).
+use berth_failpoint as failpoint;

@@ -30,6 +30,11 @@
 //!   exec fifo) and anything left in its cgroup, whose path the record
 //!   holds before the shim is launched; then mounts, snapshot, bundle,
 //!   record and name ([`container::teardown::remove`]).
+//! - StopPodSandbox records the sandbox `NotReady` before it releases
+//!   anything and marks the network detached after CNI DEL; a `NotReady`
+//!   sandbox that still has its network attached, a namespace pinned or
+//!   its init running was being stopped by a crash, and the stop is
+//!   finished (every release step is idempotent).
 //! - A container is recorded `Running` only after its shim started it; if
 //!   berthd died in between, the shim's state says so and the record is
 //!   brought up to date.
@@ -165,6 +170,12 @@ async fn recover_sandboxes(state: &Arc<Runtime>) {
                     tracing::warn!(id = %record.id, error = %e, "cannot stop a dead sandbox");
                 }
             }
+            SandboxState::NotReady if !sandbox_released(&record) => {
+                tracing::info!(id = %record.id, "finishing the interrupted stop of a sandbox");
+                if let Err(e) = crate::sandbox::stop::stop(state, &record.id).await {
+                    tracing::warn!(id = %record.id, error = %e, "cannot finish stopping a sandbox");
+                }
+            }
             SandboxState::Ready | SandboxState::NotReady => {}
         }
     }
@@ -180,6 +191,22 @@ pub fn sandbox_alive(record: &SandboxRecord) -> bool {
         .flatten()
         .all(|path| netns::is_pinned(path));
     pinned && record.init_pid.is_none_or(pid_init::is_berth_init)
+}
+
+/// True when a NotReady sandbox holds nothing any more: its network is
+/// detached, no namespace is pinned and its init is gone. A stop that a
+/// crash interrupted leaves one that is NotReady but still holds some.
+fn sandbox_released(record: &SandboxRecord) -> bool {
+    let ns = &record.namespaces;
+    let unpinned = [&ns.net, &ns.ipc, &ns.uts, &ns.pid]
+        .into_iter()
+        .flatten()
+        .all(|path| !netns::is_pinned(path));
+    unpinned
+        && record.network.as_ref().is_none_or(|n| n.detached)
+        && record
+            .init_pid
+            .is_none_or(|pid| !pid_init::is_berth_init(pid))
 }
 
 async fn remove_sandbox(state: &Arc<Runtime>, record: &SandboxRecord) {

@@ -70,6 +70,9 @@ impl Runtime {
                 agent_socket: config.socket_path(),
                 socket_dir: config.state.join("s"),
                 runtime_root: config.state.join("runc"),
+                runtime_timeout: std::time::Duration::from_secs(
+                    config.runtime.command_timeout_seconds,
+                ),
             },
         )?;
         let cgroup_layout = CgroupLayout::detect()?;

@@ -95,3 +95,104 @@ pub fn find(dir: &Path) -> Vec<String> {
     );
     found
 }
+
+/// What is left on the host of container `id` of the daemon whose state
+/// dir is `state`: its bundle, the OCI runtime's state, mounts under the
+/// bundle, processes in its cgroup or naming its bundle (shim, `runc
+/// init`), and its cgroups on every hierarchy. Empty once it is gone.
+pub fn container_leftovers(state: &Path, id: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let bundle = state.join("containers").join(id);
+    if bundle.exists() {
+        left.push(format!("bundle {}", bundle.display()));
+    }
+    let runtime_state = state.join("runc").join(id);
+    if runtime_state.exists() {
+        left.push(format!("runtime state {}", runtime_state.display()));
+    }
+    left.extend(
+        mounts_under(&bundle)
+            .into_iter()
+            .map(|m| format!("mount {m}")),
+    );
+    left.extend(
+        processes_in_cgroup_of(id)
+            .into_iter()
+            .map(|p| format!("process {p}")),
+    );
+    left.extend(
+        processes_referring_to(&bundle)
+            .into_iter()
+            .map(|p| format!("process {p}")),
+    );
+    left.extend(
+        cgroup_dirs_naming(id)
+            .into_iter()
+            .map(|d| format!("cgroup {}", d.display())),
+    );
+    left
+}
+
+/// Fails naming whatever of container `id` is still on the host after a
+/// few seconds (a killed process may stay a zombie until its parent, the
+/// exited shim's subreaper or init, reaps it).
+pub fn nothing_left_of(state: &Path, id: &str) -> Result<(), String> {
+    let mut left = Vec::new();
+    crate::wait_until(std::time::Duration::from_secs(10), || {
+        left = container_leftovers(state, id);
+        left.is_empty()
+    });
+    crate::ensure(left.is_empty(), || {
+        format!("container {id} left:\n  {}", left.join("\n  "))
+    })
+}
+
+/// Live processes whose cgroup (in any hierarchy) names `id`, with their
+/// state, parent and command line.
+pub fn processes_in_cgroup_of(id: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            let cgroups = std::fs::read_to_string(e.path().join("cgroup")).ok()?;
+            cgroups.contains(id).then(|| {
+                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                // "pid (comm) state ppid ...": the state and parent.
+                let fields = stat.rsplit_once(')').map_or("", |(_, rest)| rest.trim());
+                let state_ppid: Vec<&str> = fields.split(' ').take(2).collect();
+                format!(
+                    "{pid} (state/ppid {}): {}",
+                    state_ppid.join("/"),
+                    String::from_utf8_lossy(&cmdline).replace('\0', " ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// Cgroup directories (in every mounted hierarchy) whose name holds `id`.
+pub fn cgroup_dirs_naming(id: &str) -> Vec<std::path::PathBuf> {
+    let table = berth_mount::mountinfo::read_self().expect("read /proc/self/mountinfo");
+    let roots = table
+        .into_iter()
+        .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
+        .map(|m| m.mount_point);
+    let mut found = Vec::new();
+    for root in roots {
+        let mut pending = vec![root];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    if entry.file_name().to_string_lossy().contains(id) {
+                        found.push(entry.path());
+                    }
+                    pending.push(entry.path());
+                }
+            }
+        }
+    }
+    found
+}

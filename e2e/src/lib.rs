@@ -6,11 +6,13 @@
 //! images of `../shared/testimages` and writes the hosts.toml mirrors;
 //! [`Suite`] runs named tests in order and prints the closing
 //! `N passed, N failed` line; [`leaks`] finds what a daemon left behind;
+//! [`failpoints`] serves the crash suites;
 //! [`network::Network`] gives each daemon a CNI bridge and subnet of its own.
 //!
 //! Everything a test starts is stopped by the PID it was given, and every
 //! daemon is checked for leaks after it stops.
 
+pub mod failpoints;
 pub mod leaks;
 pub mod network;
 pub mod stall;
@@ -100,6 +102,10 @@ pub struct BerthdOptions {
     /// CNI config dir; `None` writes a network of the daemon's own (its own
     /// bridge and subnet, see [`network::Network`]) into a private directory.
     pub cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin dirs (`cni.bin_dirs`); `None` keeps berthd's default.
+    pub cni_bin_dirs: Option<Vec<PathBuf>>,
+    /// `cni.plugin_timeout_seconds`; `None` keeps berthd's default.
+    pub cni_plugin_timeout_seconds: Option<u64>,
     /// Extra TOML appended to the generated config file.
     pub extra_config: String,
     /// Put the root on a tmpfs of this many MiB, to run out of disk.
@@ -143,10 +149,24 @@ impl Berthd {
         let registry = options
             .registry_config_path
             .unwrap_or_else(|| dir.path().join("certs.d"));
+        let bin_dirs = match &options.cni_bin_dirs {
+            Some(dirs) => {
+                let quoted: Vec<String> = dirs
+                    .iter()
+                    .map(|d| format!("{:?}", d.display().to_string()))
+                    .collect();
+                format!("bin_dirs = [{}]\n", quoted.join(", "))
+            }
+            None => String::new(),
+        };
+        let bin_dirs = match options.cni_plugin_timeout_seconds {
+            Some(seconds) => format!("{bin_dirs}plugin_timeout_seconds = {seconds}\n"),
+            None => bin_dirs,
+        };
         let config = format!(
             "root = \"{root}\"\nstate = \"{state}\"\n\n[grpc]\nsocket = \"{socket}\"\n\n\
              [log]\nlevel = \"debug\"\n\n[metrics]\naddress = \"127.0.0.1:0\"\n\n\
-             [cni]\nconf_dir = \"{cni}\"\n\n[registry]\nconfig_path = \"{registry}\"\n{extra}",
+             [cni]\nconf_dir = \"{cni}\"\n{bin_dirs}\n[registry]\nconfig_path = \"{registry}\"\n{extra}",
             root = dir.path().join("root").display(),
             state = dir.path().join("state").display(),
             socket = dir.path().join("berth.sock").display(),
@@ -215,6 +235,21 @@ impl Berthd {
             .map_err(|e| format!("cannot start {}: {e}", berthd_binary().display()))?;
         self.child = Some(child);
         self.wait_ready()
+    }
+
+    /// Stops the daemon with SIGTERM (its containers keep running, as on a
+    /// restart of the agent) and starts it again with `env`: one daemon
+    /// serves a group of tests that each arm a failpoint of their own.
+    pub fn restart_with_env(&mut self, env: Vec<(String, String)>) -> TestResult {
+        let status = self.terminate()?;
+        if !status.success() {
+            return Err(format!(
+                "berthd exited with {status} on SIGTERM:\n{}",
+                self.log()
+            ));
+        }
+        self.env = env;
+        self.restart()
     }
 
     /// Replaces the environment variables of the next [`Berthd::restart`].

@@ -295,6 +295,20 @@ fn load_host_dir(dir: &Path) -> Result<Vec<HostConfig>, HostsError> {
     .parse()
 }
 
+/// Parses the text of a `hosts.toml` as if it were `dir/hosts.toml` and
+/// returns how many endpoints it gives (mirrors and the server): the fuzz
+/// target's entry (through `testing`), the parser without the file system.
+pub fn parse_hosts_toml(dir: &Path, text: &str) -> Result<usize, HostsError> {
+    let path = dir.join("hosts.toml");
+    Parser {
+        path: &path,
+        text,
+        base: dir,
+    }
+    .parse()
+    .map(|hosts| hosts.len())
+}
+
 /// Docker's `certs.d` layout, used when a directory has no `hosts.toml`.
 fn load_cert_files(dir: &Path) -> Result<Vec<HostConfig>, HostsError> {
     let read_err = |source| HostsError::Read {

@@ -42,6 +42,9 @@ use tokio::sync::{watch, Semaphore};
 const MAX_CONFIG_SIZE: u64 = 8 << 20;
 /// Snapshot keys of layers being unpacked.
 const EXTRACT_PREFIX: &str = "extract-";
+/// Where the test-only failpoint `unpack:mid-layer` fires: this many bytes
+/// into a layer's tar stream (the test images' base layer is larger).
+const UNPACK_FAILPOINT_AFTER: u64 = 64 << 10;
 
 /// How the image service is set up.
 #[derive(Debug, Clone)]
@@ -129,7 +132,9 @@ impl Images {
         Ok(images)
     }
 
-    /// Removes unpacks that never finished and layers no image references.
+    /// Removes unpacks that never finished, and layers and blobs no image
+    /// references: a pull killed after it stored a manifest or config, or
+    /// committed layers, but before it wrote the image record.
     async fn recover(&self) -> Result<()> {
         let snapshotter = self.snapshotter.clone();
         let records = self.records.clone();
@@ -152,6 +157,18 @@ impl Images {
         .await?;
         if !removed.is_empty() {
             tracing::info!(snapshots = ?removed, "removed snapshots left by interrupted pulls");
+        }
+        let records = self.records.clone();
+        let referenced: HashSet<String> = blocking(move || Ok(records.list()?))
+            .await?
+            .into_iter()
+            .flat_map(|r| r.blobs)
+            .collect();
+        for digest in self.content.list().await? {
+            if !referenced.contains(&digest.to_string()) {
+                self.content.delete(&digest).await?;
+                tracing::info!(blob = %digest, "removed a blob left by an interrupted pull");
+            }
         }
         Ok(())
     }
@@ -247,10 +264,12 @@ impl Images {
                 Manifest::Image(manifest) => break manifest,
             }
         };
+        berth_failpoint::hit("pull:after-manifest");
         session
             .fetch_to_store(&self.content, &manifest.config)
             .await?;
         blobs.push(manifest.config.digest.to_string());
+        berth_failpoint::hit("pull:after-content-commit");
         let config_bytes = self
             .content
             .read(&manifest.config.digest, MAX_CONFIG_SIZE)
@@ -284,6 +303,7 @@ impl Images {
             chain_ids: chain.iter().map(ToString::to_string).collect(),
             blobs,
         };
+        berth_failpoint::hit("pull:before-image-record");
         let records = self.records.clone();
         let stored = blocking(move || Ok(records.put(record)?)).await?;
         tracing::info!(image = %image, id = %stored.id, "pulled");
@@ -433,6 +453,7 @@ impl Images {
         let expected_diff_id = diff_id.clone();
         let applier = tokio::task::spawn_blocking(move || -> Result<()> {
             let tar = decompress(&media_type, &layer_digest, reader)?;
+            let tar = berth_failpoint::reader("unpack:mid-layer", UNPACK_FAILPOINT_AFTER, tar);
             let mut tar = DiffIdReader::new(tar);
             apply_layer(&mut tar, &dir).map_err(|source| Error::Apply {
                 digest: layer_digest.clone(),
@@ -451,7 +472,11 @@ impl Images {
             false => None,
         };
         let downloaded: Result<()> = async {
+            let mut first = true;
             while let Some(chunk) = blob.chunk().await? {
+                if !std::mem::take(&mut first) {
+                    berth_failpoint::hit("pull:mid-layer-download");
+                }
                 hasher.update(&chunk);
                 if let Some(writer) = keeper.as_mut() {
                     writer.write(&chunk).await?;
@@ -507,6 +532,7 @@ impl Images {
         })
         .await?;
         prepared.snapshotter = None;
+        berth_failpoint::hit("unpack:after-snapshot-commit");
         Ok(())
     }
 

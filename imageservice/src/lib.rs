@@ -57,6 +57,7 @@ pub use registry::AuthConfig;
 pub mod testing {
     pub use crate::content::{Ingest, Store};
     pub use crate::decompress::{decompress, DiffIdReader};
+    pub use crate::hosts::{parse_hosts_toml, HostsError};
     pub use crate::manifest::{media_type, Descriptor, ImageManifest, Manifest};
     pub use crate::platform::{Platform, PlatformMatcher};
     pub use crate::reference::Reference;

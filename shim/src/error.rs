@@ -52,6 +52,14 @@ pub enum Error {
         message: String,
     },
 
+    /// The OCI runtime did not finish in time and was killed.
+    #[error("{runtime} {command} did not finish within {seconds} s: killed")]
+    RuntimeTimeout {
+        runtime: String,
+        command: String,
+        seconds: u64,
+    },
+
     #[error("{}: {source}", path.display())]
     Json {
         path: PathBuf,
@@ -104,6 +112,7 @@ impl Error {
             Error::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
             Error::FailedPrecondition(_) => ttrpc::Code::FAILED_PRECONDITION,
             Error::Runtime { .. } => ttrpc::Code::UNKNOWN,
+            Error::RuntimeTimeout { .. } => ttrpc::Code::DEADLINE_EXCEEDED,
             Error::Io { .. }
             | Error::Sys { .. }
             | Error::Spawn { .. }

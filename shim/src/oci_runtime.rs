@@ -11,6 +11,13 @@
 //! [reaper](crate::reaper) reaps them, and we learn their exit from an
 //! [`Exits`] subscription taken before the spawn.
 //!
+//! Each command runs in a process group of its own and is bounded by
+//! `$BERTH_SHIM_RUNTIME_TIMEOUT` seconds (berthd sets it from
+//! `runtime.command_timeout_seconds`; 30 without it): a runtime that hangs
+//! is killed with its whole group (a `runc init` it forked included) and
+//! the call fails with DEADLINE_EXCEEDED, well before berthd gives up on
+//! the shim.
+//!
 //! `stats` uses `events --stats`, which runc has and crun 1.8 lacks.
 //!
 //! crun (1.8) refuses a hybrid cgroup host whose v2 mount has controllers
@@ -22,8 +29,10 @@
 //! that namespace.
 
 use std::ffi::{OsStr, OsString};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
@@ -76,6 +85,21 @@ impl ProcessIo {
     }
 }
 
+/// The environment variable bounding each runtime command, in seconds.
+pub const TIMEOUT_ENV: &str = "BERTH_SHIM_RUNTIME_TIMEOUT";
+/// The bound without [`TIMEOUT_ENV`].
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long one runtime command may run: [`TIMEOUT_ENV`] when it holds a
+/// positive number of seconds, else [`DEFAULT_TIMEOUT`].
+fn command_timeout() -> Duration {
+    std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
+}
+
 #[derive(Debug, Clone)]
 pub struct OciRuntime {
     binary: PathBuf,
@@ -87,6 +111,8 @@ pub struct OciRuntime {
     no_new_keyring: bool,
     /// Run commands with the cgroup v2 mount hidden (crun on a hybrid host).
     hide_cgroup2: bool,
+    /// How long one command may run before its group is killed.
+    timeout: Duration,
 }
 
 impl OciRuntime {
@@ -96,6 +122,7 @@ impl OciRuntime {
         let is_crun = binary.file_name().is_some_and(|name| name == "crun");
         Ok(Self {
             hide_cgroup2: is_crun && hybrid_with_v2_controllers(),
+            timeout: command_timeout(),
             name: options.binary_name.clone(),
             binary,
             root: options.root.clone(),
@@ -238,8 +265,9 @@ impl OciRuntime {
             cmd.arg("--systemd-cgroup");
         }
         cmd.args(&args);
+        // Its own group: a timeout kills the runtime and what it forked.
+        cmd.process_group(0);
         if self.hide_cgroup2 {
-            use std::os::unix::process::CommandExt;
             #[allow(unsafe_code)]
             // SAFETY: `detach_cgroup2` runs in the forked child before exec
             // and only makes system calls on static C strings: no
@@ -268,19 +296,35 @@ impl OciRuntime {
         let pid = i32::try_from(child.id()).expect("pids fit in i32");
 
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        if captured {
-            let out = child.stdout.take().expect("stdout is piped");
-            let err = child.stderr.take().expect("stderr is piped");
-            let pipe_err = |source| Error::Sys {
-                op: "read runtime output",
-                source,
-            };
-            let mut out = tokio::process::ChildStdout::from_std(out).map_err(pipe_err)?;
-            let mut err = tokio::process::ChildStderr::from_std(err).map_err(pipe_err)?;
-            let (r1, r2) = tokio::join!(out.read_to_end(&mut stdout), err.read_to_end(&mut stderr));
-            r1.and(r2).map_err(pipe_err)?;
-        }
-        let code = exits.wait(pid).await;
+        let finished = async {
+            if captured {
+                let out = child.stdout.take().expect("stdout is piped");
+                let err = child.stderr.take().expect("stderr is piped");
+                let pipe_err = |source| Error::Sys {
+                    op: "read runtime output",
+                    source,
+                };
+                let mut out = tokio::process::ChildStdout::from_std(out).map_err(pipe_err)?;
+                let mut err = tokio::process::ChildStderr::from_std(err).map_err(pipe_err)?;
+                let (r1, r2) =
+                    tokio::join!(out.read_to_end(&mut stdout), err.read_to_end(&mut stderr));
+                r1.and(r2).map_err(pipe_err)?;
+            }
+            Ok::<_, Error>(exits.wait(pid).await)
+        };
+        let code = match tokio::time::timeout(self.timeout, finished).await {
+            Ok(code) => code?,
+            Err(_) => {
+                let group = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+                tracing::warn!(runtime = %self.name, %command, "runtime command timed out: killed its process group");
+                return Err(Error::RuntimeTimeout {
+                    runtime: self.name.clone(),
+                    command,
+                    seconds: self.timeout.as_secs(),
+                });
+            }
+        };
         if code == 0 {
             return Ok(stdout);
         }

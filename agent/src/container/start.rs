@@ -5,6 +5,7 @@
 
 use super::exit;
 use super::record::{state_name, ContainerError, ContainerState};
+use crate::failpoint;
 use crate::metrics::Phase;
 use crate::runtime::Runtime;
 use crate::sandbox::SandboxState;
@@ -39,7 +40,9 @@ pub async fn start(state: &Arc<Runtime>, id: &str) -> Result<()> {
         .client(&record)
         .await
         .map_err(ContainerError::from)?;
+    failpoint::hit("container-start:before-shim-start");
     let started = state.metrics.timed(Phase::Start, client.start("")).await;
+    failpoint::hit("container-start:after-shim-start");
     let key = record.id.clone();
     let now = crate::sandbox::now_nanos();
     let outcome = match &started {

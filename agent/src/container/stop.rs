@@ -8,6 +8,7 @@
 
 use super::exit::{self, Exit};
 use super::record::{ContainerError, ContainerRecord, ContainerState};
+use crate::failpoint;
 use crate::runtime::Runtime;
 use crate::store::objects::Locked;
 use crate::Result;
@@ -75,8 +76,10 @@ pub(super) async fn stop_locked(
         }
         Err(e) => return Err(ContainerError::from(e).into()),
     }
+    failpoint::hit("container-stop:after-kill");
     match tokio::time::timeout(KILL_TIMEOUT, client.wait("")).await {
         Ok(Ok(response)) => {
+            failpoint::hit("container-stop:before-exit-record");
             exit::finish(state, id, Exit::from_wait(&response)).await;
             Ok(())
         }

@@ -8,6 +8,7 @@
 
 use super::image_volume;
 use super::record::{ContainerRecord, ContainerState};
+use crate::failpoint;
 use crate::runtime::Runtime;
 use crate::{Error, Result};
 use std::sync::Arc;
@@ -25,12 +26,14 @@ pub async fn remove(state: &Arc<Runtime>, record: &ContainerRecord) -> Result<()
     if record.state == ContainerState::Creating {
         release_runtime_leftovers(state, record).await;
     }
+    failpoint::hit("container-remove:after-shim-gone");
     let blocking_state = state.clone();
     let id = record.id.clone();
     let bundle = record.bundle.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
         // What cannot be unmounted stays, and removing the bundle fails then.
         let _ = berth_mount::detach_recursive(&bundle);
+        failpoint::hit("container-remove:after-unmount");
         let snapshotter = blocking_state.images.snapshotter();
         let volumes = snapshotter
             .list()
@@ -49,6 +52,7 @@ pub async fn remove(state: &Arc<Runtime>, record: &ContainerRecord) -> Result<()
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(super::ContainerError::io(&bundle, e).into()),
         }
+        failpoint::hit("container-remove:before-record-delete");
         blocking_state
             .containers
             .delete(&blocking_state.store, &id)

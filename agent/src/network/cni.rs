@@ -16,8 +16,14 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-/// How long one plugin invocation may take.
-pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Where the plugin binaries are, and how long one invocation may run
+/// (`cni.bin_dirs`, `cni.plugin_timeout_seconds`): past it the plugin and
+/// every process it started are killed.
+#[derive(Debug, Clone, Copy)]
+pub struct Plugins<'a> {
+    pub dirs: &'a [PathBuf],
+    pub timeout: Duration,
+}
 
 /// Why a CNI operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -72,15 +78,17 @@ pub struct Attachment {
     pub capabilities: Map<String, Value>,
 }
 
+/// A CNI operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Command {
+pub enum Command {
     Add,
     Check,
     Del,
 }
 
 impl Command {
-    fn name(self) -> &'static str {
+    /// Its `CNI_COMMAND`.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Add => "ADD",
             Self::Check => "CHECK",
@@ -92,7 +100,7 @@ impl Command {
 /// Adds the attachment to every plugin of `network`; returns the final result.
 pub async fn add(
     network: &NetworkConfigList,
-    bin_dirs: &[PathBuf],
+    plugins: Plugins<'_>,
     attachment: &Attachment,
 ) -> Result<Value, CniError> {
     let mut previous: Option<Value> = None;
@@ -100,7 +108,7 @@ pub async fn add(
         let result = invoke(
             network,
             &plugin,
-            bin_dirs,
+            plugins,
             attachment,
             Command::Add,
             previous.as_ref(),
@@ -117,7 +125,7 @@ pub async fn add(
 /// Checks the attachment against every plugin, given the cached ADD result.
 pub async fn check(
     network: &NetworkConfigList,
-    bin_dirs: &[PathBuf],
+    plugins: Plugins<'_>,
     attachment: &Attachment,
     cached: &Value,
 ) -> Result<(), CniError> {
@@ -125,7 +133,7 @@ pub async fn check(
         invoke(
             network,
             &plugin,
-            bin_dirs,
+            plugins,
             attachment,
             Command::Check,
             Some(cached),
@@ -139,13 +147,13 @@ pub async fn check(
 /// runs even when one fails; the first failure is returned.
 pub async fn del(
     network: &NetworkConfigList,
-    bin_dirs: &[PathBuf],
+    plugins: Plugins<'_>,
     attachment: &Attachment,
     cached: Option<&Value>,
 ) -> Result<(), CniError> {
     let mut first_error = None;
     for plugin in plugin_objects(network)?.into_iter().rev() {
-        if let Err(e) = invoke(network, &plugin, bin_dirs, attachment, Command::Del, cached).await {
+        if let Err(e) = invoke(network, &plugin, plugins, attachment, Command::Del, cached).await {
             tracing::warn!(error = %e, "CNI DEL failed; continuing with the other plugins");
             first_error.get_or_insert(e);
         }
@@ -227,7 +235,7 @@ fn plugin_stdin(
 async fn invoke(
     network: &NetworkConfigList,
     plugin: &Map<String, Value>,
-    bin_dirs: &[PathBuf],
+    plugins: Plugins<'_>,
     attachment: &Attachment,
     command: Command,
     previous: Option<&Value>,
@@ -237,10 +245,11 @@ async fn invoke(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    let binary = find_plugin(&plugin_type, bin_dirs).ok_or_else(|| CniError::PluginNotFound {
-        plugin: plugin_type.clone(),
-        dirs: join_paths(bin_dirs),
-    })?;
+    let binary =
+        find_plugin(&plugin_type, plugins.dirs).ok_or_else(|| CniError::PluginNotFound {
+            plugin: plugin_type.clone(),
+            dirs: join_paths(plugins.dirs),
+        })?;
     let stdin = serde_json::to_vec(&plugin_stdin(network, plugin, attachment, previous))
         .expect("a JSON value always serialises");
     let cni_args = attachment
@@ -261,7 +270,7 @@ async fn invoke(
         .env("CNI_NETNS", &attachment.netns)
         .env("CNI_IFNAME", &attachment.ifname)
         .env("CNI_ARGS", cni_args)
-        .env("CNI_PATH", join_paths(bin_dirs).replace(", ", ":"))
+        .env("CNI_PATH", join_paths(plugins.dirs).replace(", ", ":"))
         .env(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -269,27 +278,54 @@ async fn invoke(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A group of its own, so a plugin that hangs goes with whatever it
+        // started.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(exec_error)?;
+    let group = child.id().map(|pid| nix::unistd::Pid::from_raw(pid as i32));
     let mut child_stdin = child.stdin.take().expect("stdin is piped");
     let run = async {
         child_stdin.write_all(&stdin).await.map_err(exec_error)?;
         drop(child_stdin);
         child.wait_with_output().await.map_err(exec_error)
     };
-    let output = tokio::time::timeout(PLUGIN_TIMEOUT, run)
-        .await
-        .map_err(|_| CniError::Timeout {
-            plugin: plugin_type.clone(),
-            command: command.name(),
-            seconds: PLUGIN_TIMEOUT.as_secs(),
-        })??;
+    let output = match tokio::time::timeout(plugins.timeout, run).await {
+        Ok(output) => output?,
+        Err(_) => {
+            if let Some(group) = group {
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            }
+            return Err(CniError::Timeout {
+                plugin: plugin_type.clone(),
+                command: command.name(),
+                seconds: plugins.timeout.as_secs(),
+            });
+        }
+    };
+    let stdout = plugin_output(&plugin_type, command, &output)?;
+    // ADD returns the new result; CHECK and DEL print nothing, and the
+    // result passed along stays the cached one.
+    Ok(match command {
+        Command::Add => stdout,
+        Command::Check | Command::Del => previous.cloned().unwrap_or(Value::Null),
+    })
+}
+
+/// What a plugin run printed: its result (JSON, or `Null` for nothing),
+/// or the error it reported (the spec's `code`, `msg` and `details`, else
+/// its exit status and stderr). Public for the fuzz target `agent/fuzz`.
+pub fn plugin_output(
+    plugin: &str,
+    command: Command,
+    output: &std::process::Output,
+) -> Result<Value, CniError> {
     let stdout: Value = if output.stdout.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
         serde_json::from_slice(&output.stdout).map_err(|source| CniError::BadResult {
-            plugin: plugin_type.clone(),
+            plugin: plugin.to_owned(),
             command: command.name(),
             source,
         })?
@@ -304,18 +340,13 @@ async fn invoke(
             None => format!("{} {}", output.status, stderr.trim()),
         };
         return Err(CniError::Plugin {
-            plugin: plugin_type,
+            plugin: plugin.to_owned(),
             command: command.name(),
             code: stdout["code"].as_i64().unwrap_or(-1),
             message,
         });
     }
-    // ADD returns the new result; CHECK and DEL print nothing, and the
-    // result passed along stays the cached one.
-    Ok(match command {
-        Command::Add => stdout,
-        Command::Check | Command::Del => previous.cloned().unwrap_or(Value::Null),
-    })
+    Ok(stdout)
 }
 
 fn join_paths(paths: &[PathBuf]) -> String {
@@ -343,8 +374,14 @@ mod tests {
     use super::super::netns::{self, NamespaceKind};
     use super::*;
 
-    fn bin_dirs() -> Vec<PathBuf> {
-        vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")]
+    const BIN_DIRS: &[&str] = &["/usr/lib/cni", "/opt/cni/bin"];
+
+    fn plugins() -> Plugins<'static> {
+        static DIRS: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+        Plugins {
+            dirs: DIRS.get_or_init(|| BIN_DIRS.iter().map(PathBuf::from).collect()),
+            timeout: Duration::from_secs(60),
+        }
     }
 
     fn attachment(netns: &Path) -> Attachment {
@@ -427,7 +464,7 @@ mod tests {
         let attachment = attachment(&ns_path);
         let lo = add(
             &loopback_network(),
-            &bin_dirs(),
+            plugins(),
             &Attachment {
                 ifname: "lo".to_owned(),
                 ..attachment.clone()
@@ -436,13 +473,13 @@ mod tests {
         .await
         .expect("loopback ADD");
         assert!(lo.is_object());
-        let result = add(&network, &bin_dirs(), &attachment)
+        let result = add(&network, plugins(), &attachment)
             .await
             .expect("bridge ADD");
         let ips = result_ips(&result);
         assert_eq!(ips.len(), 1, "{result}");
         assert!(ips[0].to_string().starts_with("10.251.0."), "{ips:?}");
-        check(&network, &bin_dirs(), &attachment, &result)
+        check(&network, plugins(), &attachment, &result)
             .await
             .expect("CHECK");
         // The address really is on eth0 inside the namespace.
@@ -451,10 +488,10 @@ mod tests {
         })
         .expect("inside");
         assert!(seen.contains(&ips[0].to_string()), "{seen}");
-        del(&network, &bin_dirs(), &attachment, Some(&result))
+        del(&network, plugins(), &attachment, Some(&result))
             .await
             .expect("DEL");
-        del(&network, &bin_dirs(), &attachment, Some(&result))
+        del(&network, plugins(), &attachment, Some(&result))
             .await
             .expect("DEL is idempotent");
         netns::remove(&ns_path).expect("remove netns");
@@ -476,7 +513,7 @@ mod tests {
         };
         let ns_path = dir.path().join("net");
         netns::create(NamespaceKind::Network, &ns_path).expect("netns");
-        let err = add(&network, &bin_dirs(), &attachment(&ns_path))
+        let err = add(&network, plugins(), &attachment(&ns_path))
             .await
             .expect_err("invalid subnet");
         assert!(
@@ -496,7 +533,7 @@ mod tests {
             source: PathBuf::from("x"),
             bytes: br#"{"name":"n","type":"no-such-plugin"}"#.to_vec(),
         };
-        let err = add(&network, &bin_dirs(), &attachment(Path::new("/x")))
+        let err = add(&network, plugins(), &attachment(Path::new("/x")))
             .await
             .expect_err("missing");
         assert!(err.to_string().contains("no-such-plugin"), "{err}");

@@ -233,6 +233,7 @@ impl SandboxError {
             Self::NetworkNotReady(_) => ErrorKind::FailedPrecondition,
             Self::Files(FilesError::Dns { .. }) => ErrorKind::InvalidArgument,
             Self::Abandoned => ErrorKind::Cancelled,
+            Self::Cni(CniError::Timeout { .. }) => ErrorKind::DeadlineExceeded,
             Self::Namespace(_)
             | Self::Files(_)
             | Self::Cni(_)

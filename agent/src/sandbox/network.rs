@@ -10,7 +10,7 @@
 //! so it runs the plugins that made the attachment even after the config
 //! directory changed. A DEL that keeps failing (a broken or removed
 //! plugin) is retried [`DEL_ATTEMPTS`] times, each bounded by
-//! [`DEL_TIMEOUT`]; then berth gives up and cleans up by force: removing
+//! [`DEL_TIMEOUT`] (or `cni.plugin_timeout_seconds` when shorter); then berth gives up and cleans up by force: removing
 //! the network namespace (which happens next anyway) destroys the pod's
 //! interfaces, and `host-local` address reservations held by the pod are
 //! deleted, so a dead plugin never blocks pod deletion nor leaks the pod's
@@ -18,12 +18,12 @@
 //! portmap) is reported in the log.
 
 use super::{NetworkRecord, SandboxRecord};
-use crate::network::cni::{self, Attachment, CniError};
+use crate::network::cni::{self, Attachment, CniError, Plugins};
 use crate::network::cni_config::NetworkConfigList;
 use berth_proto::cri::v1 as cri;
 use serde_json::{json, Map, Value};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 /// The pod's interface.
@@ -109,17 +109,17 @@ pub async fn attach(
     sandbox: &SandboxRecord,
     netns: &Path,
     network: &NetworkRecord,
-    bin_dirs: &[PathBuf],
+    plugins: Plugins<'_>,
 ) -> Result<(Value, Vec<String>), CniError> {
     cni::add(
         &cni::loopback_network(),
-        bin_dirs,
+        plugins,
         &attachment(sandbox, netns, "lo"),
     )
     .await?;
     let result = cni::add(
         &config_list(network),
-        bin_dirs,
+        plugins,
         &attachment(sandbox, netns, IFNAME),
     )
     .await?;
@@ -130,17 +130,18 @@ pub async fn attach(
 
 /// Runs DEL for the pod network (with retries, then by force) and for `lo`.
 /// Never fails: what could not be undone is logged.
-pub async fn detach(sandbox: &SandboxRecord, netns: &Path, bin_dirs: &[PathBuf]) {
+pub async fn detach(sandbox: &SandboxRecord, netns: &Path, plugins: Plugins<'_>) {
     let Some(network) = &sandbox.network else {
         return;
     };
     let list = config_list(network);
     let pod = attachment(sandbox, netns, IFNAME);
+    let attempt_timeout = DEL_TIMEOUT.min(plugins.timeout);
     let mut last_error = None;
     for attempt in 1..=DEL_ATTEMPTS {
         let outcome = tokio::time::timeout(
-            DEL_TIMEOUT,
-            cni::del(&list, bin_dirs, &pod, network.result.as_ref()),
+            attempt_timeout,
+            cni::del(&list, plugins, &pod, network.result.as_ref()),
         )
         .await;
         match outcome {
@@ -152,7 +153,7 @@ pub async fn detach(sandbox: &SandboxRecord, netns: &Path, bin_dirs: &[PathBuf])
             Err(_) => {
                 last_error = Some(format!(
                     "CNI DEL did not finish within {} s",
-                    DEL_TIMEOUT.as_secs()
+                    attempt_timeout.as_secs()
                 ))
             }
         }
@@ -175,7 +176,7 @@ pub async fn detach(sandbox: &SandboxRecord, netns: &Path, bin_dirs: &[PathBuf])
     // `lo` disappears with the namespace; DEL only tells the plugin.
     if let Err(e) = cni::del(
         &cni::loopback_network(),
-        bin_dirs,
+        plugins,
         &attachment(sandbox, netns, "lo"),
         None,
     )

@@ -3,6 +3,7 @@
 //! sandbox succeeds, as kubelet expects.
 
 use super::{stop, teardown};
+use crate::failpoint;
 use crate::runtime::Runtime;
 use crate::Result;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ pub async fn remove(state: &Arc<Runtime>, id: &str) -> Result<()> {
     stop::stop_locked(state, &record).await?;
     record.refresh();
     crate::container::lifecycle::remove_all_in_sandbox(state, &record).await?;
+    failpoint::hit("sandbox-remove:after-containers");
     // Release again: a sandbox stopped before a crash may have been
     // half-released; every step is idempotent.
     teardown::discard(state, &record).await?;

@@ -255,8 +255,7 @@ async fn make(
         return Err(SandboxError::Abandoned.into());
     }
     if let (Some(net), Some(netns)) = (record.network.clone(), record.namespaces.net.clone()) {
-        let bin_dirs = &state.config.cni.bin_dirs;
-        let attach = network::attach(record, &netns, &net, bin_dirs);
+        let attach = network::attach(record, &netns, &net, state.config.cni.plugins());
         let (result, ips) = state
             .metrics
             .timed_after(Phase::NetworkSetup, netns_took, attach)

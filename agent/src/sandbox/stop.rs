@@ -4,6 +4,7 @@
 //! an unknown or stopped sandbox succeeds, as kubelet expects.
 
 use super::{teardown, SandboxRecord, SandboxState};
+use crate::failpoint;
 use crate::runtime::Runtime;
 use crate::store::objects::Locked;
 use crate::{Error, Result};
@@ -27,12 +28,26 @@ pub(super) async fn stop_locked(
         return Ok(());
     }
     crate::container::lifecycle::stop_all_in_sandbox(state, record).await?;
-    teardown::release(&state.config.cni.bin_dirs, record).await?;
+    failpoint::hit("sandbox-stop:after-containers");
+    let id = record.id.clone();
+    if record.state == SandboxState::Ready {
+        // NotReady before anything is released: a crash part-way leaves a
+        // pod that says it is stopped (never a Ready pod without its
+        // network), and recovery finishes releasing it.
+        let key = id.clone();
+        state
+            .write(move |s| {
+                s.sandboxes
+                    .update(&s.store, &key, |r| r.state = SandboxState::NotReady)
+            })
+            .await
+            .map_err(Error::from)?;
+    }
+    teardown::release(state.config.cni.plugins(), record).await?;
     if record.state == SandboxState::NotReady && record.network.as_ref().is_none_or(|n| n.detached)
     {
         return Ok(());
     }
-    let id = record.id.clone();
     state
         .write(move |s| {
             s.sandboxes.update(&s.store, &id, |r| {

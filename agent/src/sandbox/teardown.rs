@@ -4,19 +4,25 @@
 //! crash.
 
 use super::{files, network, pid_init, SandboxError, SandboxRecord};
+use crate::failpoint;
 use crate::network::netns;
 use crate::runtime::Runtime;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// Stops the pod's init, detaches its network, unmounts its `/dev/shm` and
 /// removes its namespaces. The network is detached only once (the record
 /// says whether it was); everything else is idempotent.
-pub async fn release(bin_dirs: &[PathBuf], record: &SandboxRecord) -> Result<(), SandboxError> {
+pub async fn release(
+    plugins: crate::network::cni::Plugins<'_>,
+    record: &SandboxRecord,
+) -> Result<(), SandboxError> {
     pid_init::stop(&record.dir, record.init_pid).await;
+    failpoint::hit("sandbox-release:after-pid-init");
     if let (Some(net), Some(netns)) = (&record.network, &record.namespaces.net) {
         if !net.detached {
-            network::detach(record, netns, bin_dirs).await;
+            network::detach(record, netns, plugins).await;
+            failpoint::hit("sandbox-release:after-cni-del");
         }
     }
     let paths = record.file_paths();
@@ -34,6 +40,7 @@ pub async fn release(bin_dirs: &[PathBuf], record: &SandboxRecord) -> Result<(),
         {
             netns::remove(&ns)?;
         }
+        failpoint::hit("sandbox-release:after-namespaces");
         Ok(())
     })
     .await
@@ -44,8 +51,9 @@ pub async fn release(bin_dirs: &[PathBuf], record: &SandboxRecord) -> Result<(),
 /// the end of RemovePodSandbox, of a failed RunPodSandbox and of a sandbox
 /// that a crash interrupted while it was being created.
 pub async fn discard(state: &Arc<Runtime>, record: &SandboxRecord) -> crate::Result<()> {
-    release(&state.config.cni.bin_dirs, record).await?;
+    release(state.config.cni.plugins(), record).await?;
     remove_dir(&record.dir).await?;
+    failpoint::hit("sandbox-discard:before-record-delete");
     let id = record.id.clone();
     state
         .write(move |s| s.sandboxes.delete(&s.store, &id))

@@ -35,6 +35,9 @@ use task_api::TaskClient;
 pub const NAMESPACE: &str = "berth";
 /// The environment variable naming the shim socket directory.
 pub const SOCKET_DIR_ENV: &str = "BERTH_SHIM_SOCKET_DIR";
+/// The environment variable giving berth's shim its runtime command
+/// timeout, in seconds (the shim's `oci_runtime::TIMEOUT_ENV`).
+pub const RUNTIME_TIMEOUT_ENV: &str = "BERTH_SHIM_RUNTIME_TIMEOUT";
 /// How long an ordinary task call may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -145,6 +148,9 @@ pub struct ShimSettings {
     pub socket_dir: PathBuf,
     /// `<state>/runc`: the OCI runtime's `--root`.
     pub runtime_root: PathBuf,
+    /// How long berth's shim lets one OCI runtime command run
+    /// (`runtime.command_timeout_seconds`).
+    pub runtime_timeout: Duration,
 }
 
 /// The shim binary serving a container: berth's own, or the external shim
@@ -392,6 +398,10 @@ fn shim_command(
         .arg(action)
         .current_dir(bundle)
         .env(SOCKET_DIR_ENV, &settings.socket_dir)
+        .env(
+            RUNTIME_TIMEOUT_ENV,
+            settings.runtime_timeout.as_secs().to_string(),
+        )
         .env_remove("TTRPC_ADDRESS")
         .stdin(std::process::Stdio::null());
     command

@@ -214,6 +214,29 @@ impl Store {
         tokio::fs::read(&path).await.map_err(io_err("read", &path))
     }
 
+    /// The digests of every committed blob, for the sweep at start-up of
+    /// what no image record references.
+    pub async fn list(&self) -> Result<Vec<Digest>> {
+        let blobs = self.inner.root.join("blobs");
+        blocking(move || {
+            let mut digests = Vec::new();
+            for algorithm in std::fs::read_dir(&blobs).map_err(io_err("read", &blobs))? {
+                let algorithm = algorithm.map_err(io_err("read", &blobs))?;
+                let dir = algorithm.path();
+                let prefix = algorithm.file_name().to_string_lossy().into_owned();
+                for blob in std::fs::read_dir(&dir).map_err(io_err("read", &dir))? {
+                    let name = blob.map_err(io_err("read", &dir))?.file_name();
+                    // Names that are no digest are not the store's.
+                    if let Ok(digest) = format!("{prefix}:{}", name.to_string_lossy()).parse() {
+                        digests.push(digest);
+                    }
+                }
+            }
+            Ok(digests)
+        })
+        .await
+    }
+
     /// Deletes a committed blob; [`ContentError::NotFound`] if there is none.
     /// Deleting a blob while a reader has it open is fine (POSIX unlink).
     pub async fn delete(&self, digest: &Digest) -> Result<()> {
@@ -289,6 +312,22 @@ mod tests {
         std::fs::read_dir(store.ingest_dir())
             .expect("ingest dir")
             .count()
+    }
+
+    #[tokio::test]
+    async fn list_names_every_committed_blob() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(tmp.path()).await.expect("open");
+        assert!(store.list().await.expect("list").is_empty());
+        let one = Digest::sha256(b"one");
+        let two = Digest::sha256(b"two");
+        store.write_all(&one, b"one").await.expect("write");
+        store.write_all(&two, b"two").await.expect("write");
+        let mut listed = store.list().await.expect("list");
+        listed.sort_by_key(ToString::to_string);
+        let mut expected = vec![one, two];
+        expected.sort_by_key(ToString::to_string);
+        assert_eq!(listed, expected);
     }
 
     #[tokio::test]
