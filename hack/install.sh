@@ -15,6 +15,10 @@
 #   - crictl and critest from cri-tools $CRI_TOOLS_VERSION, built with Go into
 #     $BINDIR; critest is skipped when $STAMP_DIR/critest-<version>.stamp exists
 #     and $BINDIR/critest too, crictl when `crictl --version` reports the version
+#   - kubelet, kube-apiserver, kube-scheduler, kube-controller-manager,
+#     kubectl and etcd for the kubelet suite, built from the Go module proxy by
+#     hack/install-kube.sh into /var/cache/berth/kube-<version>/bin (kept
+#     across clean clones; see that script)
 #
 # Environment:
 #   BINDIR=DIR        where crictl and critest go (default /usr/local/bin)
@@ -273,3 +277,6 @@ setup_go
 install_crictl
 install_critest
 print_versions
+
+# The Kubernetes binaries: their own script, with their own version table.
+"$REPO/hack/install-kube.sh"
