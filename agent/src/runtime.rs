@@ -13,6 +13,7 @@ use crate::cgroups::{choose_driver, systemd_running, CgroupDriver, CgroupLayout}
 use crate::config::Config;
 use crate::container::Containers;
 use crate::events::Events;
+use crate::network::pod_cidr::PodCidrs;
 use crate::sandbox::{SandboxRecord, Sandboxes};
 use crate::store::{Store, Table};
 use crate::Result;
@@ -46,6 +47,8 @@ pub struct Runtime {
     /// Lifecycle events for GetContainerEvents, published once a change is
     /// on record; closed at shutdown.
     pub events: Events,
+    /// The node's pod CIDRs (UpdateRuntimeConfig), persisted.
+    pub pod_cidrs: PodCidrs,
 }
 
 impl Runtime {
@@ -55,6 +58,7 @@ impl Runtime {
     pub async fn open(config: Config) -> Result<Self> {
         let store = Store::open(&config.root)?;
         let sandboxes = Sandboxes::load(&store, Table::Sandboxes)?;
+        let pod_cidrs = PodCidrs::load(&store)?;
         let containers = Containers::load(
             &store,
             crate::shim_client::ShimSettings {
@@ -83,6 +87,7 @@ impl Runtime {
             sandboxes,
             containers,
             events: Events::default(),
+            pod_cidrs,
         })
     }
 
