@@ -6,11 +6,15 @@
 //! images of `../shared/testimages` and writes the hosts.toml mirrors;
 //! [`Suite`] runs named tests in order and prints the closing
 //! `N passed, N failed` line; [`leaks`] finds what a daemon left behind;
-//! [`network::Network`] gives each daemon a CNI bridge and subnet of its own.
+//! [`network::Network`] gives each daemon a CNI bridge and subnet of its own;
+//! [`kubelet::Kubelet`] runs a kubelet against a daemon, and
+//! [`cluster::Cluster`] a one-node cluster around it.
 //!
 //! Everything a test starts is stopped by the PID it was given, and every
 //! daemon is checked for leaks after it stops.
 
+pub mod cluster;
+pub mod kubelet;
 pub mod leaks;
 pub mod network;
 pub mod stall;
@@ -89,6 +93,11 @@ pub struct BerthdOptions {
     /// CNI config dir; `None` writes a network of the daemon's own (its own
     /// bridge and subnet, see [`network::Network`]) into a private directory.
     pub cni_conf_dir: Option<PathBuf>,
+    /// With the harness's network (`cni_conf_dir` unset): addresses come
+    /// from the node's pod CIDR that a client sends with
+    /// UpdateRuntimeConfig, not from a range of its own
+    /// ([`network::Network::pod_cidr_conflist`]).
+    pub pod_cidr_network: bool,
     /// Extra TOML appended to the generated config file.
     pub extra_config: String,
     /// Put the root on a tmpfs of this many MiB, to run out of disk.
@@ -125,7 +134,11 @@ impl Berthd {
             None => {
                 let conf = dir.path().join("net.d");
                 let network = network::Network::claim(&dir.path().join("cni-ipam"))?;
-                network.write_conf(&conf)?;
+                if options.pod_cidr_network {
+                    network.write_pod_cidr_conf(&conf)?;
+                } else {
+                    network.write_conf(&conf)?;
+                }
                 (conf, Some(network))
             }
         };
@@ -240,6 +253,12 @@ impl Berthd {
             .as_ref()
             .map(network::Network::leaks)
             .unwrap_or_default()
+    }
+
+    /// The subnet of the daemon's own CNI network (`10.88.N.0/24`), when
+    /// the harness wrote the config.
+    pub fn subnet(&self) -> Option<String> {
+        self.network.as_ref().map(network::Network::subnet)
     }
 
     /// The config file the harness wrote.
