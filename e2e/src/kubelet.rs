@@ -71,6 +71,29 @@ pub struct Kubelet {
     cgroup_root: String,
     node_name: String,
     host: HostChanges,
+    /// Held while this kubelet runs (see [`HOST_LOCK`]); dropped after
+    /// [`HostChanges::restore`].
+    _host_lock: std::fs::File,
+}
+
+/// kubelets share the host state they change (sysctls, the device-plugin
+/// directory, `/var/log/containers`): one runs at a time on a machine, the
+/// next one waits for this lock.
+pub const HOST_LOCK: &str = "/run/berth-e2e/kubelet.lock";
+
+fn lock_host() -> Result<std::fs::File, String> {
+    let path = Path::new(HOST_LOCK);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("{HOST_LOCK}: {e}"))?;
+    file.lock().map_err(|e| format!("lock {HOST_LOCK}: {e}"))?;
+    Ok(file)
 }
 
 impl Kubelet {
@@ -138,6 +161,7 @@ impl Kubelet {
             .node_name
             .clone()
             .unwrap_or_else(|| NODE_NAME.to_owned());
+        let host_lock = lock_host()?;
         let host = HostChanges::record();
         let log =
             std::fs::File::create(dir.path().join("kubelet.log")).map_err(|e| e.to_string())?;
@@ -168,6 +192,7 @@ impl Kubelet {
             cgroup_root,
             node_name,
             host,
+            _host_lock: host_lock,
         };
         let healthz = format!("127.0.0.1:{healthz_port}");
         let mut exited = None;

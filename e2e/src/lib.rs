@@ -364,6 +364,30 @@ impl Berthd {
         http_get(address.trim(), "/metrics")
     }
 
+    /// The CRI calls this daemon has answered since it started, by
+    /// (method, code), from `berth_cri_requests_total` of [`Berthd::metrics`].
+    pub fn cri_calls(&self) -> Result<std::collections::BTreeMap<(String, String), u64>, String> {
+        let mut calls = std::collections::BTreeMap::new();
+        for line in self.metrics()?.lines() {
+            let Some(labels) = line.strip_prefix("berth_cri_requests_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = labels.split_once("} ") else {
+                continue;
+            };
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
+                    .map(|v| v.trim_end_matches('"').to_owned())
+                    .unwrap_or_default()
+            };
+            let count: f64 = value.trim().parse().unwrap_or(0.0);
+            calls.insert((label("method"), label("code")), count as u64);
+        }
+        Ok(calls)
+    }
+
     /// Sends SIGTERM, waits for a clean exit, then checks for leaks.
     pub fn stop(mut self) -> TestResult {
         let status = self.terminate()?;

@@ -226,6 +226,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_pod_cidr_conflist_declares_ip_ranges_and_has_no_range_of_its_own() {
+        let network = Network {
+            number: 7,
+            claim: PathBuf::from("/nonexistent/claim"),
+            ipam_dir: PathBuf::from("/x/ipam"),
+        };
+        let plain: serde_json::Value = serde_json::from_str(&network.conflist()).expect("JSON");
+        let cidr: serde_json::Value =
+            serde_json::from_str(&network.pod_cidr_conflist()).expect("JSON");
+        assert_eq!(
+            plain["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.88.7.0/24"
+        );
+        assert!(plain["plugins"][0].get("capabilities").is_none());
+        assert_eq!(cidr["plugins"][0]["capabilities"]["ipRanges"], true);
+        assert!(cidr["plugins"][0]["ipam"].get("ranges").is_none());
+        assert_eq!(cidr["plugins"][0]["ipam"]["dataDir"], "/x/ipam");
+        assert_eq!(cidr["plugins"][1], plain["plugins"][1]);
+        // Not a claim of ours: dropping it must not delete another's bridge.
+        std::mem::forget(network);
+    }
+
+    #[test]
     fn claims_are_taken_once_and_taken_over_from_dead_processes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let claim = dir.path().join("7");

@@ -68,6 +68,15 @@ fn main() {
         teardown(&berthd, &cluster)
     });
     let rpc = cluster.kubelet().rpc_errors();
+    match berthd.cri_calls() {
+        Ok(calls) => {
+            println!("CRI calls during the suite (method code count):");
+            for ((method, code), count) in calls {
+                println!("    {method} {code} {count}");
+            }
+        }
+        Err(e) => println!("cannot read berthd's metrics: {e}"),
+    }
     let stopped = cluster.stop();
     let cleaned = berthd.crictl_ok(&["rmp", "--all", "--force"]).map(drop);
     let leaks = berthd.stop();

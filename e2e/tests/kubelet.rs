@@ -215,24 +215,9 @@ fn check_rpc_errors(kubelet: &Kubelet, downtime: bool, teardown: usize) -> TestR
 
 /// Adds berthd's `berth_cri_requests_total` counters to [`CALLS`].
 fn count_calls(berthd: &Berthd) -> TestResult {
-    let metrics = berthd.metrics()?;
     let mut calls = CALLS.lock().expect("not poisoned");
-    for line in metrics.lines() {
-        let Some(labels) = line.strip_prefix("berth_cri_requests_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = labels.split_once("} ") else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches('"').to_owned())
-                .unwrap_or_default()
-        };
-        let count: f64 = value.trim().parse().unwrap_or(0.0);
-        *calls.entry((label("method"), label("code"))).or_default() += count as u64;
+    for (key, count) in berthd.cri_calls()? {
+        *calls.entry(key).or_default() += count;
     }
     Ok(())
 }
