@@ -19,6 +19,10 @@
 #     module proxy into $CONTAINERD_DIR/bin: hack/bench's reference runtime
 #     (beside Debian's containerd 1.6, which hack/bench installs itself);
 #     skipped when both binaries there report the version
+#   - kubelet, kube-apiserver, kube-scheduler, kube-controller-manager,
+#     kubectl and etcd for the kubelet suite, built from the Go module proxy by
+#     hack/install-kube.sh into /var/cache/berth/kube-<version>/bin (kept
+#     across clean clones; see that script)
 #
 # Environment:
 #   BINDIR=DIR        where crictl and critest go (default /usr/local/bin)
@@ -322,3 +326,6 @@ install_crictl
 install_critest
 install_containerd
 print_versions
+
+# The Kubernetes binaries: their own script, with their own version table.
+"$REPO/hack/install-kube.sh"

@@ -6,7 +6,7 @@
 # Installs the prerequisites (hack/install.sh), then runs, stopping at the
 # first failure: cargo fmt --check, cargo clippy -D warnings, cargo doc with
 # warnings denied (broken intra-doc links and the like), cargo machete (no
-# unused dependencies), the unit and integration tests, the e2e suite (crictl tests, image tests, pod tests, security tests, the crash matrix, faulty runc and CNI plugins, the load run, then critest with the
+# unused dependencies), the unit and integration tests, the e2e suite (crictl tests, image tests, pod tests, security tests, the crash matrix, faulty runc and CNI plugins, the load run, a standalone kubelet, a one-node cluster, then critest with the
 # ratchet of e2e/critest-passing.txt), 15 s of each fuzz target, and a short smoke run of the benchmarks
 # (hack/bench/run.sh --short, figures to a temp dir) so they cannot rot. Needs root: tests create namespaces,
 # mounts and a loopback registry.
@@ -106,6 +106,12 @@ cargo test --locked -p berth-e2e --test faults
 
 step "e2e: load (berth-load: 30 pods at concurrency 6 with List/Status calls beside them; zero errors, zero leaks)"
 cargo test --locked -p berth-e2e --test load
+
+step "e2e: kubelet (a standalone kubelet runs static pods on berthd)"
+cargo test --locked -p berth-e2e --test kubelet
+
+step "e2e: a one-node cluster (etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubelet) driven by kubectl"
+cargo test --locked -p berth-e2e --test cluster
 
 step "benchmarks, short smoke run against containerd 2.4 and 1.6 (fails on an n/a: containerd 2.4's, or berth's for a figure docs/benchmarks.json has)"
 bench_out=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-smoke.XXXXXX")

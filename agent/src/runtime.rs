@@ -15,6 +15,7 @@ use crate::container::ContainerState;
 use crate::container::Containers;
 use crate::events::Events;
 use crate::metrics::{Metrics, ObjectCounts};
+use crate::network::pod_cidr::PodCidrs;
 use crate::sandbox::{SandboxRecord, SandboxState, Sandboxes};
 use crate::stats::StatsCache;
 use crate::store::{Store, Table};
@@ -55,6 +56,8 @@ pub struct Runtime {
     /// Prometheus metrics, counted by the CRI layer and the domain code;
     /// served by the metrics endpoint.
     pub metrics: Arc<Metrics>,
+    /// The node's pod CIDRs (UpdateRuntimeConfig), persisted.
+    pub pod_cidrs: PodCidrs,
 }
 
 impl Runtime {
@@ -64,6 +67,7 @@ impl Runtime {
     pub async fn open(config: Config) -> Result<Self> {
         let store = Store::open(&config.root)?;
         let sandboxes = Sandboxes::load(&store, Table::Sandboxes)?;
+        let pod_cidrs = PodCidrs::load(&store)?;
         let containers = Containers::load(
             &store,
             crate::shim_client::ShimSettings {
@@ -100,6 +104,7 @@ impl Runtime {
             events: Events::default(),
             stats,
             metrics: Arc::new(Metrics::new()),
+            pod_cidrs,
         })
     }
 

@@ -989,3 +989,91 @@ async fn a_client_sending_the_socket_path_as_authority_is_served() {
     }
     daemon.finish().await;
 }
+
+/// UpdateRuntimeConfig: a bad pod CIDR is refused naming the field; a good
+/// one is shown by Status, survives a restart, and host-local allocates
+/// from it for a network whose bridge declares the `ipRanges` capability
+/// (and has no range of its own).
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_cidr_is_validated_kept_and_given_to_cni() {
+    let net = 31;
+    let bridge = format!("bit{}x{net}", std::process::id() % 10000);
+    let ipam = tempfile::tempdir().expect("ipam dir");
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": format!("berth-it-{net}"),
+        "plugins": [{
+            "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+            "capabilities": {"ipRanges": true},
+            "ipam": {"type": "host-local", "dataDir": ipam.path(), "routes": [{"dst": "0.0.0.0/0"}]}
+        }]
+    });
+    let mut daemon = Daemon::start(
+        net,
+        Options {
+            conflist: Some(conflist.to_string()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let update = |cidr: &str| cri::UpdateRuntimeConfigRequest {
+        runtime_config: Some(cri::RuntimeConfig {
+            network_config: Some(cri::NetworkConfig {
+                pod_cidr: cidr.to_owned(),
+            }),
+        }),
+    };
+    let client = &mut daemon.client.clone();
+    let err = client
+        .update_runtime_config(update("10.252.31.0/40"))
+        .await
+        .expect_err("bad prefix");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(
+        err.message()
+            .contains("runtime_config.network_config.pod_cidr"),
+        "{err}"
+    );
+    let cidrs = |daemon: &Daemon| {
+        let mut client = daemon.client.clone();
+        async move {
+            let status = client
+                .status(cri::StatusRequest { verbose: true })
+                .await
+                .expect("status")
+                .into_inner();
+            let info: serde_json::Value =
+                serde_json::from_str(&status.info["runtimeConfig"]).expect("runtimeConfig JSON");
+            info["podCIDRs"].clone()
+        }
+    };
+    assert_eq!(cidrs(&daemon).await, serde_json::json!([]));
+    client
+        .update_runtime_config(update("10.252.31.128/25"))
+        .await
+        .expect("update");
+    // An empty CIDR changes nothing.
+    client
+        .update_runtime_config(update(""))
+        .await
+        .expect("empty update");
+    assert_eq!(
+        cidrs(&daemon).await,
+        serde_json::json!(["10.252.31.128/25"])
+    );
+
+    let id = run_pod(client, pod_config("cidr")).await.expect("run");
+    let status = pod_status(client, &id).await.expect("status");
+    let ip: std::net::Ipv4Addr = status.network.expect("network").ip.parse().expect("IPv4");
+    assert_eq!(ip.octets()[..3], [10, 252, 31], "{ip}");
+    assert!(ip.octets()[3] > 128, "{ip} is not in 10.252.31.128/25");
+    remove_pod(client, &id).await;
+
+    daemon.shutdown().await;
+    daemon.restart().await;
+    assert_eq!(
+        cidrs(&daemon).await,
+        serde_json::json!(["10.252.31.128/25"])
+    );
+    daemon.finish().await;
+}

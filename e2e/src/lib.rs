@@ -7,12 +7,16 @@
 //! [`Suite`] runs named tests in order and prints the closing
 //! `N passed, N failed` line; [`leaks`] finds what a daemon left behind;
 //! [`failpoints`] serves the crash suites;
-//! [`network::Network`] gives each daemon a CNI bridge and subnet of its own.
+//! [`network::Network`] gives each daemon a CNI bridge and subnet of its own;
+//! [`kubelet::Kubelet`] runs a kubelet against a daemon, and
+//! [`cluster::Cluster`] a one-node cluster around it.
 //!
 //! Everything a test starts is stopped by the PID it was given, and every
 //! daemon is checked for leaks after it stops.
 
+pub mod cluster;
 pub mod failpoints;
+pub mod kubelet;
 pub mod leaks;
 pub mod network;
 pub mod stall;
@@ -106,6 +110,11 @@ pub struct BerthdOptions {
     pub cni_bin_dirs: Option<Vec<PathBuf>>,
     /// `cni.plugin_timeout_seconds`; `None` keeps berthd's default.
     pub cni_plugin_timeout_seconds: Option<u64>,
+    /// With the harness's network (`cni_conf_dir` unset): addresses come
+    /// from the node's pod CIDR that a client sends with
+    /// UpdateRuntimeConfig, not from a range of its own
+    /// ([`network::Network::pod_cidr_conflist`]).
+    pub pod_cidr_network: bool,
     /// Extra TOML appended to the generated config file.
     pub extra_config: String,
     /// Put the root on a tmpfs of this many MiB, to run out of disk.
@@ -142,7 +151,11 @@ impl Berthd {
             None => {
                 let conf = dir.path().join("net.d");
                 let network = network::Network::claim(&dir.path().join("cni-ipam"))?;
-                network.write_conf(&conf)?;
+                if options.pod_cidr_network {
+                    network.write_pod_cidr_conf(&conf)?;
+                } else {
+                    network.write_conf(&conf)?;
+                }
                 (conf, Some(network))
             }
         };
@@ -288,6 +301,12 @@ impl Berthd {
             .unwrap_or_default()
     }
 
+    /// The subnet of the daemon's own CNI network (`10.88.N.0/24`), when
+    /// the harness wrote the config.
+    pub fn subnet(&self) -> Option<String> {
+        self.network.as_ref().map(network::Network::subnet)
+    }
+
     /// The config file the harness wrote.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.toml")
@@ -389,6 +408,30 @@ impl Berthd {
         let address = std::fs::read_to_string(self.state_dir().join("metrics-address"))
             .map_err(|e| format!("metrics-address: {e}"))?;
         http_get(address.trim(), "/metrics")
+    }
+
+    /// The CRI calls this daemon has answered since it started, by
+    /// (method, code), from `berth_cri_requests_total` of [`Berthd::metrics`].
+    pub fn cri_calls(&self) -> Result<std::collections::BTreeMap<(String, String), u64>, String> {
+        let mut calls = std::collections::BTreeMap::new();
+        for line in self.metrics()?.lines() {
+            let Some(labels) = line.strip_prefix("berth_cri_requests_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = labels.split_once("} ") else {
+                continue;
+            };
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
+                    .map(|v| v.trim_end_matches('"').to_owned())
+                    .unwrap_or_default()
+            };
+            let count: f64 = value.trim().parse().unwrap_or(0.0);
+            calls.insert((label("method"), label("code")), count as u64);
+        }
+        Ok(calls)
     }
 
     /// Sends SIGTERM, waits for a clean exit, then checks for leaks.

@@ -64,6 +64,25 @@ impl Network {
 
     /// The CNI conflist of this network.
     pub fn conflist(&self) -> String {
+        self.conflist_json().to_string()
+    }
+
+    /// The conflist of a network whose addresses come from the node's pod
+    /// CIDR: the bridge plugin declares the `ipRanges` capability and
+    /// host-local has no range of its own, so a pod gets an address only
+    /// once a client (kubelet) has sent the CIDR with UpdateRuntimeConfig.
+    pub fn pod_cidr_conflist(&self) -> String {
+        let mut list = self.conflist_json();
+        let bridge = &mut list["plugins"][0];
+        bridge["capabilities"] = serde_json::json!({ "ipRanges": true });
+        bridge["ipam"]
+            .as_object_mut()
+            .expect("the bridge plugin has an ipam object")
+            .remove("ranges");
+        list.to_string()
+    }
+
+    fn conflist_json(&self) -> serde_json::Value {
         serde_json::json!({
             "cniVersion": "1.0.0",
             "name": NAME,
@@ -84,14 +103,22 @@ impl Network {
                 { "type": "portmap", "capabilities": { "portMappings": true } }
             ]
         })
-        .to_string()
     }
 
     /// Writes the conflist into `conf_dir` as `10-berth-e2e.conflist`.
     pub fn write_conf(&self, conf_dir: &Path) -> Result<(), String> {
+        self.write_conflist(conf_dir, &self.conflist())
+    }
+
+    /// Writes [`Network::pod_cidr_conflist`] as [`Network::write_conf`] does.
+    pub fn write_pod_cidr_conf(&self, conf_dir: &Path) -> Result<(), String> {
+        self.write_conflist(conf_dir, &self.pod_cidr_conflist())
+    }
+
+    fn write_conflist(&self, conf_dir: &Path, conflist: &str) -> Result<(), String> {
         std::fs::create_dir_all(conf_dir).map_err(|e| format!("{}: {e}", conf_dir.display()))?;
         let path = conf_dir.join("10-berth-e2e.conflist");
-        std::fs::write(&path, self.conflist()).map_err(|e| format!("{}: {e}", path.display()))
+        std::fs::write(&path, conflist).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// What the pods of this network left: interfaces still on the bridge
@@ -197,6 +224,29 @@ fn names_in(dir: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pod_cidr_conflist_declares_ip_ranges_and_has_no_range_of_its_own() {
+        let network = Network {
+            number: 7,
+            claim: PathBuf::from("/nonexistent/claim"),
+            ipam_dir: PathBuf::from("/x/ipam"),
+        };
+        let plain: serde_json::Value = serde_json::from_str(&network.conflist()).expect("JSON");
+        let cidr: serde_json::Value =
+            serde_json::from_str(&network.pod_cidr_conflist()).expect("JSON");
+        assert_eq!(
+            plain["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.88.7.0/24"
+        );
+        assert!(plain["plugins"][0].get("capabilities").is_none());
+        assert_eq!(cidr["plugins"][0]["capabilities"]["ipRanges"], true);
+        assert!(cidr["plugins"][0]["ipam"].get("ranges").is_none());
+        assert_eq!(cidr["plugins"][0]["ipam"]["dataDir"], "/x/ipam");
+        assert_eq!(cidr["plugins"][1], plain["plugins"][1]);
+        // Not a claim of ours: dropping it must not delete another's bridge.
+        std::mem::forget(network);
+    }
 
     #[test]
     fn claims_are_taken_once_and_taken_over_from_dead_processes() {

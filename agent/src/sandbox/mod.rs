@@ -88,6 +88,10 @@ pub struct NetworkRecord {
     pub ips: Vec<String>,
     /// DEL has run (or was given up with a forced cleanup).
     pub detached: bool,
+    /// The node's pod CIDRs when the pod was made, given to plugins that
+    /// declare the `ipRanges` capability (`network::pod_cidr`).
+    #[serde(default)]
+    pub pod_cidrs: Vec<String>,
 }
 
 /// A pod sandbox as persisted.

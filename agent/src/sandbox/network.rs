@@ -4,7 +4,8 @@
 //! network on `eth0`, with the `CNI_ARGS` kubelet's runtimes pass
 //! (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, `K8S_POD_INFRA_CONTAINER_ID`,
 //! `K8S_POD_UID`) and the `portMappings` capability from the pod's port
-//! mappings that have a host port.
+//! mappings that have a host port, and the `ipRanges` capability from the
+//! node's pod CIDRs (see [`crate::network::pod_cidr`]).
 //!
 //! DEL uses the network list and ADD result cached in the sandbox record,
 //! so it runs the plugins that made the attachment even after the config
@@ -20,6 +21,7 @@
 use super::{NetworkRecord, SandboxRecord};
 use crate::network::cni::{self, Attachment, CniError, Plugins};
 use crate::network::cni_config::NetworkConfigList;
+use crate::network::pod_cidr;
 use berth_proto::cri::v1 as cri;
 use serde_json::{json, Map, Value};
 use std::net::IpAddr;
@@ -36,7 +38,7 @@ pub const DEL_TIMEOUT: Duration = Duration::from_secs(20);
 const HOST_LOCAL_DATA_DIR: &str = "/var/lib/cni/networks";
 
 /// The record of a network before ADD.
-pub fn network_record(list: &NetworkConfigList) -> NetworkRecord {
+pub fn network_record(list: &NetworkConfigList, pod_cidrs: Vec<String>) -> NetworkRecord {
     NetworkRecord {
         name: list.name.clone(),
         cni_version: list.cni_version.clone(),
@@ -46,6 +48,7 @@ pub fn network_record(list: &NetworkConfigList) -> NetworkRecord {
         result: None,
         ips: Vec::new(),
         detached: false,
+        pod_cidrs,
     }
 }
 
@@ -66,6 +69,12 @@ pub fn attachment(sandbox: &SandboxRecord, netns: &Path, ifname: &str) -> Attach
     let mappings = port_mappings(&sandbox.config);
     if !mappings.is_empty() {
         capabilities.insert("portMappings".to_owned(), Value::Array(mappings));
+    }
+    if let Some(network) = sandbox.network.as_ref().filter(|n| !n.pod_cidrs.is_empty()) {
+        capabilities.insert(
+            pod_cidr::CAPABILITY.to_owned(),
+            pod_cidr::ip_ranges(&network.pod_cidrs),
+        );
     }
     Attachment {
         container_id: sandbox.id.clone(),
@@ -262,6 +271,39 @@ mod tests {
     }
 
     #[test]
+    fn pod_cidrs_of_the_record_are_the_ip_ranges_capability() {
+        let list = NetworkConfigList {
+            name: "net1".into(),
+            cni_version: "1.0.0".into(),
+            plugin_types: vec!["bridge".into()],
+            source: "x".into(),
+            bytes: b"{}".to_vec(),
+        };
+        let mut sandbox = super::super::SandboxRecord {
+            version: super::super::SANDBOX_RECORD_VERSION,
+            id: "abc".into(),
+            name: "web_default_uid_0".into(),
+            config: cri::PodSandboxConfig::default(),
+            runtime_handler: String::new(),
+            state: super::super::SandboxState::Creating,
+            created_at: 0,
+            dir: "/x".into(),
+            namespaces: Default::default(),
+            init_pid: None,
+            network: Some(network_record(&list, Vec::new())),
+            resources: Default::default(),
+        };
+        let without = attachment(&sandbox, Path::new("/x/netns"), IFNAME);
+        assert!(!without.capabilities.contains_key(pod_cidr::CAPABILITY));
+        sandbox.network = Some(network_record(&list, vec!["10.1.0.0/24".into()]));
+        let with = attachment(&sandbox, Path::new("/x/netns"), IFNAME);
+        assert_eq!(
+            with.capabilities[pod_cidr::CAPABILITY],
+            json!([[{"subnet": "10.1.0.0/24"}]])
+        );
+    }
+
+    #[test]
     fn forced_cleanup_releases_only_the_pods_addresses() {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = json!({
@@ -277,6 +319,7 @@ mod tests {
             result: None,
             ips: Vec::new(),
             detached: false,
+            pod_cidrs: Vec::new(),
         };
         let data = dir.path().join("net1");
         std::fs::create_dir(&data).expect("mkdir");

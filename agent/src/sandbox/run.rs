@@ -66,7 +66,9 @@ pub async fn run(state: &Arc<Runtime>, request: cri::RunPodSandboxRequest) -> Re
         dir: sandbox_dir(&state.config.state, &id),
         namespaces: NamespacePaths::default(),
         init_pid: None,
-        network: network.as_ref().map(network::network_record),
+        network: network
+            .as_ref()
+            .map(|list| network::network_record(list, state.pod_cidrs.get())),
         resources: Default::default(),
         config,
     };

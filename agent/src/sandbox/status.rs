@@ -145,6 +145,7 @@ mod tests {
                 result: None,
                 ips: vec!["10.88.0.5".into(), "fd00::5".into()],
                 detached: false,
+                pod_cidrs: Vec::new(),
             }),
             resources: Default::default(),
         }

@@ -30,6 +30,20 @@ impl RuntimeService for CriService {
         Ok(Response::new(runtime_status::runtime_config(&self.state)))
     }
 
+    async fn update_runtime_config(
+        &self,
+        request: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+        let pod_cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        runtime_status::update_pod_cidr(&self.state, &pod_cidr).await?;
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+    }
+
     async fn run_pod_sandbox(
         &self,
         request: Request<cri::RunPodSandboxRequest>,
@@ -226,7 +240,6 @@ impl RuntimeService for CriService {
         exec(cri::ExecRequest) -> cri::ExecResponse;
         attach(cri::AttachRequest) -> cri::AttachResponse;
         port_forward(cri::PortForwardRequest) -> cri::PortForwardResponse;
-        update_runtime_config(cri::UpdateRuntimeConfigRequest) -> cri::UpdateRuntimeConfigResponse;
         checkpoint_container(cri::CheckpointContainerRequest) -> cri::CheckpointContainerResponse;
         checkpoint_pod(cri::CheckpointPodRequest) -> cri::CheckpointPodResponse;
         restore_pod(cri::RestorePodRequest) -> cri::RestorePodResponse;

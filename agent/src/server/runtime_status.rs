@@ -1,10 +1,12 @@
-//! Version, Status and RuntimeConfig: what the runtime says about itself.
+//! Version, Status, RuntimeConfig and UpdateRuntimeConfig: what the
+//! runtime says about itself, and the one setting kubelet gives it.
 
 use crate::cgroups::CgroupDriver;
-use crate::network::cni_config;
+use crate::network::{cni_config, pod_cidr};
 use crate::runtime::Runtime;
 use berth_proto::cri::v1 as cri;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The name berth reports as `runtime_name`.
 pub const RUNTIME_NAME: &str = "berth";
@@ -53,6 +55,11 @@ pub(super) fn status(state: &Runtime, verbose: bool) -> cri::StatusResponse {
             "cgroupLayout".to_owned(),
             serde_json::to_string(&state.cgroup_layout).expect("the layout is plain data"),
         );
+        // An object, as crictl shows only objects as JSON.
+        info.insert(
+            "runtimeConfig".to_owned(),
+            serde_json::json!({ "podCIDRs": state.pod_cidrs.get() }).to_string(),
+        );
     }
     // The default handler is reported under the empty name too, as kubelet
     // looks it up that way for pods without a RuntimeClass.
@@ -84,4 +91,17 @@ pub(super) fn runtime_config(state: &Runtime) -> cri::RuntimeConfigResponse {
             cgroup_driver: cgroup_driver as i32,
         }),
     }
+}
+
+/// Records the pod CIDRs of an UpdateRuntimeConfig (an empty field changes
+/// nothing); pods made afterwards get them (`network::pod_cidr`).
+pub(super) async fn update_pod_cidr(state: &Arc<Runtime>, text: &str) -> crate::Result<()> {
+    if text.trim().is_empty() {
+        return Ok(());
+    }
+    let cidrs = pod_cidr::parse(text)?;
+    state
+        .write(move |runtime| runtime.pod_cidrs.set(&runtime.store, cidrs))
+        .await?;
+    Ok(())
 }

@@ -91,6 +91,8 @@ impl StoreError {
 pub enum Table {
     Sandboxes,
     Containers,
+    /// Settings of the node (the pod CIDRs), one record per key.
+    Node,
 }
 
 impl Table {
@@ -98,6 +100,7 @@ impl Table {
         match self {
             Self::Sandboxes => "sandboxes",
             Self::Containers => "containers",
+            Self::Node => "node",
         }
     }
 
