@@ -83,6 +83,9 @@ cargo test --locked -p berth-e2e --test images
 step "e2e: pods and containers (crictl lifecycle, kill -9 of berthd)"
 cargo test --locked -p berth-e2e --test pods
 
+step "e2e: streaming (exec, attach, port-forward through crictl)"
+cargo test --locked -p berth-e2e --test streaming
+
 step "e2e: security (other users, idle connections, hostile paths)"
 cargo test --locked -p berth-e2e --test security
 

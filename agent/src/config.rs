@@ -42,6 +42,7 @@ pub struct Config {
     pub grpc: GrpcConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub streaming: StreamingConfig,
     pub cni: CniConfig,
     pub registry: RegistryConfig,
     pub image: ImageConfig,
@@ -79,6 +80,15 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Address of the Prometheus endpoint; port 0 picks a free port, which
     /// berthd then writes to `<state>/metrics-address`.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// Address of the streaming server that the URLs of Exec, Attach and
+    /// PortForward name; port 0 picks a free port, which berthd then writes
+    /// to `<state>/streaming-address`.
     pub address: String,
 }
 
@@ -161,6 +171,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            streaming: StreamingConfig::default(),
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
             image: ImageConfig::default(),
@@ -193,6 +204,14 @@ impl Default for MetricsConfig {
         Self {
             enabled: true,
             address: "127.0.0.1:9325".to_owned(),
+        }
+    }
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:0".to_owned(),
         }
     }
 }
@@ -311,6 +330,13 @@ impl Config {
                     message: format!("`{}`: {e}", self.metrics.address),
                 })?;
         }
+        self.streaming
+            .address
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::Invalid {
+                key: "streaming.address",
+                message: format!("`{}`: {e}", self.streaming.address),
+            })?;
         if self.image.max_concurrent_downloads == 0 {
             return Err(ConfigError::Invalid {
                 key: "image.max_concurrent_downloads",
@@ -360,6 +386,14 @@ impl Config {
             return None;
         }
         self.metrics.address.parse().ok()
+    }
+
+    /// The streaming server's address; valid after [`Config::validate`].
+    pub fn streaming_address(&self) -> SocketAddr {
+        self.streaming
+            .address
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     /// The configuration as a TOML document.
@@ -457,6 +491,10 @@ mod tests {
             ("[log]\nformat = \"xml\"\n", "xml"),
             ("root = \"relative\"\n", "root"),
             ("[metrics]\naddress = \"nowhere\"\n", "metrics.address"),
+            (
+                "[streaming]\naddress = \"localhost\"\n",
+                "streaming.address",
+            ),
             ("[grpc]\nmax_message_size = 10\n", "grpc.max_message_size"),
             (
                 "[runtime]\ndefault_handler = \"kata\"\n",

@@ -39,6 +39,8 @@ pub enum Error {
     Sandbox(#[from] crate::sandbox::SandboxError),
     #[error(transparent)]
     Container(#[from] crate::container::ContainerError),
+    #[error(transparent)]
+    Streaming(#[from] crate::streaming::StreamingError),
     /// The client's deadline passed while berthd was doing `action`.
     #[error("{action}: the client's deadline passed")]
     DeadlinePassed { action: String },
@@ -122,6 +124,7 @@ impl Error {
             Error::NameInUse(_) => ErrorKind::AlreadyExists,
             Error::Container(e) => e.kind(),
             Error::Sandbox(e) => e.kind(),
+            Error::Streaming(e) => e.kind(),
             Error::Store(e) => e.kind(),
             Error::DeadlinePassed { .. } => ErrorKind::DeadlineExceeded,
             Error::Unimplemented { .. } => ErrorKind::Unimplemented,

@@ -84,6 +84,8 @@ impl TaskClient {
         delete(api::DeleteRequest) -> api::DeleteResponse = "Delete";
         kill(api::KillRequest) -> Empty = "Kill";
         exec(api::ExecProcessRequest) -> Empty = "Exec";
+        resize_pty(api::ResizePtyRequest) -> Empty = "ResizePty";
+        close_io(api::CloseIORequest) -> Empty = "CloseIO";
         update(api::UpdateTaskRequest) -> Empty = "Update";
         wait(api::WaitRequest) -> api::WaitResponse = "Wait";
         connect(api::ConnectRequest) -> api::ConnectResponse = "Connect";

@@ -1,0 +1,199 @@
+//! The streaming server: what `Exec`, `Attach` and `PortForward` answer
+//! with, and what serves the URL they return.
+//!
+//! Layout: the three RPCs validate their request and store it under a
+//! single-use token ([`tokens`]); the answer is the absolute URL
+//! `http://<address>/<kind>/<token>` of berth's streaming server
+//! ([`server`], plain HTTP/1.1 on `streaming.address`, loopback by
+//! default: kubelet connects to it from the same node and proxies the API
+//! server's stream). The client upgrades that request to one of the two
+//! transports Kubernetes clients speak: WebSocket ([`websocket`]:
+//! `v5.channel.k8s.io` and older channel protocols for exec and attach,
+//! `v4.channel.k8s.io` port-forward framing) or SPDY/3.1. A transport
+//! turns its frames into a [`CommandIo`] (exec, attach) or one byte stream
+//! per forwarded connection (port-forward); [`exec`], [`attach`] and
+//! [`port_forward`] do the work and know nothing of the transport.
+//!
+//! Back-pressure: every stream is a bounded channel of [`CHUNK`]-sized
+//! chunks, so a client that never reads stalls its own stream and the
+//! process writing to it, never berthd's memory. Cleanup: when the client
+//! goes away the session's work is dropped, and [`exec`]'s guard kills and
+//! deletes the exec process and removes its FIFOs.
+
+pub mod exec;
+pub mod port_forward;
+pub mod server;
+pub mod status;
+pub mod tokens;
+pub mod websocket;
+
+use crate::runtime::Runtime;
+use crate::Result;
+use berth_proto::cri::v1 as cri;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use tokio::sync::mpsc;
+
+/// The most bytes one chunk of a stream carries.
+pub const CHUNK: usize = 32 * 1024;
+/// Chunks buffered per stream direction.
+pub const CHANNEL_CHUNKS: usize = 4;
+
+/// A validated request waiting for its client.
+#[derive(Debug, Clone)]
+pub enum StreamRequest {
+    Exec(cri::ExecRequest),
+    Attach(cri::AttachRequest),
+    PortForward(cri::PortForwardRequest),
+}
+
+impl StreamRequest {
+    /// The path segment of its URL, also the session kind in metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Exec(_) => "exec",
+            Self::Attach(_) => "attach",
+            Self::PortForward(_) => "portforward",
+        }
+    }
+}
+
+/// Why a streaming request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamingError {
+    #[error(transparent)]
+    TooManyTokens(#[from] tokens::TooManyTokens),
+    #[error("pod sandbox {0} is not ready")]
+    SandboxNotReady(String),
+    #[error("cannot serve streams on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl StreamingError {
+    /// The class of this error.
+    pub fn kind(&self) -> crate::ErrorKind {
+        match self {
+            Self::TooManyTokens(_) => crate::ErrorKind::Unavailable,
+            Self::SandboxNotReady(_) => crate::ErrorKind::FailedPrecondition,
+            Self::Bind { .. } => crate::ErrorKind::Internal,
+        }
+    }
+}
+
+/// The streaming half of berthd that the RPCs talk to: the tokens and the
+/// server's base URL.
+#[derive(Debug)]
+pub struct Streaming {
+    tokens: tokens::Tokens,
+    base_url: String,
+}
+
+impl Streaming {
+    /// The streaming state of a server bound to `bound`. An unspecified
+    /// address (`0.0.0.0`) is named by its loopback in URLs.
+    pub fn new(bound: SocketAddr) -> Self {
+        let mut shown = bound;
+        if shown.ip().is_unspecified() {
+            shown.set_ip(match bound {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Self {
+            tokens: tokens::Tokens::default(),
+            base_url: format!("http://{shown}"),
+        }
+    }
+
+    /// Takes the request a token stands for (once).
+    pub fn take(&self, token: &str) -> Option<StreamRequest> {
+        self.tokens.take(token)
+    }
+
+    fn url_for(&self, request: StreamRequest) -> Result<String> {
+        let kind = request.kind();
+        let token = self.tokens.insert(request).map_err(StreamingError::from)?;
+        Ok(format!("{}/{kind}/{token}", self.base_url))
+    }
+
+    /// CRI `Exec`: validates and answers the URL of the session.
+    pub fn exec(&self, state: &Runtime, request: cri::ExecRequest) -> Result<cri::ExecResponse> {
+        exec::validate(state, &request)?;
+        let url = self.url_for(StreamRequest::Exec(request))?;
+        Ok(cri::ExecResponse { url })
+    }
+
+    /// CRI `Attach`.
+    pub fn attach(
+        &self,
+        state: &Runtime,
+        request: cri::AttachRequest,
+    ) -> Result<cri::AttachResponse> {
+        crate::container::exec::running(state, &request.container_id)?;
+        check_streams(request.stdin, request.stdout, request.stderr, request.tty)?;
+        let url = self.url_for(StreamRequest::Attach(request))?;
+        Ok(cri::AttachResponse { url })
+    }
+
+    /// CRI `PortForward`.
+    pub fn port_forward(
+        &self,
+        state: &Runtime,
+        request: cri::PortForwardRequest,
+    ) -> Result<cri::PortForwardResponse> {
+        port_forward::validate(state, &request)?;
+        let url = self.url_for(StreamRequest::PortForward(request))?;
+        Ok(cri::PortForwardResponse { url })
+    }
+}
+
+/// At least one stream, and no stderr beside a terminal (a terminal has
+/// one output).
+pub fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<()> {
+    if !(stdin || stdout || stderr) {
+        return Err(crate::Error::invalid(
+            "stdin",
+            "one of stdin, stdout and stderr must be set",
+        ));
+    }
+    if tty && stderr {
+        return Err(crate::Error::invalid(
+            "stderr",
+            "must not be set with tty: a terminal has one output stream",
+        ));
+    }
+    Ok(())
+}
+
+/// A terminal size a client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub struct TerminalSize {
+    #[serde(rename = "Width")]
+    pub width: u16,
+    #[serde(rename = "Height")]
+    pub height: u16,
+}
+
+/// The client's streams of one exec or attach, as a transport delivers
+/// them. Each is `None` when the client did not ask for it.
+#[derive(Debug)]
+pub struct CommandIo {
+    /// The client's stdin; the channel closes at its EOF.
+    pub stdin: Option<mpsc::Receiver<Bytes>>,
+    pub stdout: Option<mpsc::Sender<Bytes>>,
+    pub stderr: Option<mpsc::Sender<Bytes>>,
+    /// Terminal resizes, for a session with a terminal.
+    pub resize: mpsc::Receiver<TerminalSize>,
+}
+
+/// How a remote command ended, for the error stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The process exited with this code.
+    Exited(i32),
+    /// The command could not run, or the session failed.
+    Failed(String),
+}
