@@ -16,7 +16,7 @@ use std::time::Duration;
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
 /// crictl's transports that berth serves.
-const TRANSPORTS: [&str; 1] = ["websocket"];
+const TRANSPORTS: [&str; 2] = ["spdy", "websocket"];
 
 /// Runs the tests whose names contain the first argument (all without).
 struct Filtered {
@@ -40,7 +40,7 @@ fn main() {
     suite.run("unknown_tokens_get_404", unknown_tokens_get_404);
     let registry = Registry::start_or_report(Some("e2e-test-images/busybox"));
     let mirrors = registry.as_ref().map(Registry::mirrors_dir);
-    let with_container = |test: fn(&Berthd, &str) -> TestResult| {
+    let with_container = |test: fn(&Berthd, &str, &str) -> TestResult| {
         let mirrors = mirrors.clone();
         move || {
             let mirrors = mirrors.clone().ok_or("no registry")?;
@@ -51,7 +51,7 @@ fn main() {
             let outcome = berthd
                 .crictl_ok(&["pull", BUSYBOX])
                 .and_then(|_| run_container(&berthd, "web"))
-                .and_then(|(_, id)| test(&berthd, &id));
+                .and_then(|(pod, id)| test(&berthd, &pod, &id));
             let cleaned = berthd.crictl_ok(&["rmp", "--all", "--force"]).map(drop);
             let stopped = berthd.stop();
             outcome.and(cleaned).and(stopped)
@@ -70,6 +70,10 @@ fn main() {
     suite.run(
         "interrupted_execs_leave_nothing",
         with_container(interrupted_execs_leave_nothing),
+    );
+    suite.run(
+        "port_forward_to_httpd_in_the_pod",
+        with_container(port_forward_to_httpd_in_the_pod),
     );
     suite.run(
         "exec_requests_are_validated",
@@ -170,35 +174,38 @@ fn unknown_tokens_get_404() -> TestResult {
     berthd.stop()
 }
 
-fn exec_with_piped_stdin(berthd: &Berthd, id: &str) -> TestResult {
+fn exec_with_piped_stdin(berthd: &Berthd, _pod: &str, id: &str) -> TestResult {
     for transport in TRANSPORTS {
-        let transport = format!("--transport={transport}");
-        let output = crictl_with_input(
-            berthd,
-            &[
-                "exec",
-                "-i",
-                &transport,
-                id,
-                "sh",
-                "-c",
-                "tr a-z A-Z; echo done >&2",
-            ],
-            b"hello through stdin\n",
-        )?;
-        ensure(output.status.success(), || describe(&output))?;
-        ensure(output.stdout == b"HELLO THROUGH STDIN\n", || {
-            describe(&output)
-        })?;
-        ensure(
-            String::from_utf8_lossy(&output.stderr).contains("done"),
-            || describe(&output),
-        )?;
+        let flag = format!("--transport={transport}");
+        // Several rounds: stdin that arrives (and ends) before the process
+        // opened it must not be lost.
+        for round in 0..5 {
+            let output = crictl_with_input(
+                berthd,
+                &[
+                    "exec",
+                    "-i",
+                    &flag,
+                    id,
+                    "sh",
+                    "-c",
+                    "tr a-z A-Z; echo done >&2",
+                ],
+                b"hello through stdin\n",
+            )?;
+            let context = || format!("{transport}, round {round}: {}", describe(&output));
+            ensure(output.status.success(), context)?;
+            ensure(output.stdout == b"HELLO THROUGH STDIN\n", context)?;
+            ensure(
+                String::from_utf8_lossy(&output.stderr).contains("done"),
+                context,
+            )?;
+        }
     }
     Ok(())
 }
 
-fn exec_exit_codes(berthd: &Berthd, id: &str) -> TestResult {
+fn exec_exit_codes(berthd: &Berthd, _pod: &str, id: &str) -> TestResult {
     for transport in TRANSPORTS {
         let transport = format!("--transport={transport}");
         for code in [0, 3, 42] {
@@ -224,7 +231,7 @@ fn exec_exit_codes(berthd: &Berthd, id: &str) -> TestResult {
     Ok(())
 }
 
-fn exec_with_a_terminal(berthd: &Berthd, id: &str) -> TestResult {
+fn exec_with_a_terminal(berthd: &Berthd, _pod: &str, id: &str) -> TestResult {
     let crictl = tool("crictl")?;
     for transport in TRANSPORTS {
         // `script` gives crictl a terminal of 37 rows and 123 columns;
@@ -256,7 +263,7 @@ fn exec_with_a_terminal(berthd: &Berthd, id: &str) -> TestResult {
     Ok(())
 }
 
-fn exec_streams_100_mb_intact(berthd: &Berthd, id: &str) -> TestResult {
+fn exec_streams_100_mb_intact(berthd: &Berthd, _pod: &str, id: &str) -> TestResult {
     berthd.crictl_ok(&[
         "exec",
         "-s",
@@ -307,7 +314,7 @@ fn sleepers(berthd: &Berthd, id: &str) -> Result<usize, String> {
     Ok(out.lines().filter(|l| l.trim() == "sleep 7777").count())
 }
 
-fn interrupted_execs_leave_nothing(berthd: &Berthd, id: &str) -> TestResult {
+fn interrupted_execs_leave_nothing(berthd: &Berthd, _pod: &str, id: &str) -> TestResult {
     // One complete exec first, so lazily opened descriptors (the shim
     // connection) are in the baseline.
     berthd.crictl_ok(&["exec", "--transport=websocket", id, "true"])?;
@@ -341,7 +348,7 @@ fn interrupted_execs_leave_nothing(berthd: &Berthd, id: &str) -> TestResult {
     })
 }
 
-fn exec_requests_are_validated(berthd: &Berthd, _id: &str) -> TestResult {
+fn exec_requests_are_validated(berthd: &Berthd, _pod: &str, _id: &str) -> TestResult {
     for (args, want) in [
         (
             vec!["exec", "--transport=websocket", "nosuchcontainer", "true"],
@@ -358,6 +365,79 @@ fn exec_requests_are_validated(berthd: &Berthd, _id: &str) -> TestResult {
         ensure(!output.status.success() && stderr.contains(want), || {
             format!("crictl {args:?}: want {want}: {}", describe(&output))
         })?;
+    }
+    Ok(())
+}
+
+/// A free loopback port (free when asked; crictl binds it next).
+fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn port_forward_to_httpd_in_the_pod(berthd: &Berthd, pod: &str, id: &str) -> TestResult {
+    berthd.crictl_ok(&[
+        "exec",
+        "-s",
+        id,
+        "sh",
+        "-c",
+        "mkdir -p /tmp/www && echo hello from the pod > /tmp/www/index.html \
+         && head -c 104857600 /dev/urandom > /tmp/www/big && httpd -p 8080 -h /tmp/www",
+    ])?;
+    let sum = berthd.crictl_ok(&["exec", "-s", id, "md5sum", "/tmp/www/big"])?;
+    let want = sum.split_whitespace().next().unwrap_or_default().to_owned();
+    for transport in TRANSPORTS {
+        let port = free_port()?;
+        let mut child = crictl(
+            berthd,
+            &[
+                "port-forward",
+                &format!("--transport={transport}"),
+                pod,
+                &format!("{port}:8080"),
+            ],
+        )?
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+        let address = format!("127.0.0.1:{port}");
+        let listening = wait_until(Duration::from_secs(30), || {
+            std::net::TcpStream::connect(&address).is_ok()
+        });
+        let outcome = (|| -> TestResult {
+            ensure(listening, || {
+                format!("crictl port-forward ({transport}) never listened on {address}")
+            })?;
+            // Several connections, one after another and at once.
+            for _ in 0..3 {
+                let page = http_get(&address, "/index.html")?;
+                ensure(page == "hello from the pod\n", || format!("page {page:?}"))?;
+            }
+            let pages: Vec<_> = (0..4)
+                .map(|_| {
+                    let address = address.clone();
+                    std::thread::spawn(move || http_get(&address, "/index.html"))
+                })
+                .collect();
+            for page in pages {
+                let page = page.join().map_err(|_| "GET panicked")??;
+                ensure(page == "hello from the pod\n", || format!("page {page:?}"))?;
+            }
+            let got = Command::new("sh")
+                .args(["-c", &format!("curl -sf http://{address}/big | md5sum")])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let got = String::from_utf8_lossy(&got.stdout);
+            ensure(got.starts_with(&want), || {
+                format!("100 MB through port-forward ({transport}): md5 {got} != {want}")
+            })
+        })();
+        let _ = child.kill();
+        let _ = child.wait();
+        outcome?;
     }
     Ok(())
 }

@@ -23,6 +23,7 @@
 pub mod exec;
 pub mod port_forward;
 pub mod server;
+pub mod spdy;
 pub mod status;
 pub mod tokens;
 pub mod websocket;
@@ -166,6 +167,31 @@ pub fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Resu
         ));
     }
     Ok(())
+}
+
+/// Every value of header `name`, comma-separated lists split, in order.
+pub fn header_list<B>(request: &http::Request<B>, name: &str) -> Vec<String> {
+    request
+        .headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The first subprotocol the client offers that is in `supported`
+/// (kubelet's rule: the client's preference wins); a client that offers
+/// none gets the oldest, the last of `supported`.
+pub fn negotiate(offered: &[String], supported: &[&'static str]) -> Option<&'static str> {
+    if offered.is_empty() {
+        return supported.last().copied();
+    }
+    offered
+        .iter()
+        .find_map(|p| supported.iter().find(|s| **s == p.as_str()).copied())
 }
 
 /// A terminal size a client asked for.

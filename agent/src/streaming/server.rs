@@ -13,8 +13,8 @@
 //! [`HEADER_READ_TIMEOUT`]: idle or slow connections cannot fill berthd's
 //! file table and starve the CRI socket.
 
-use super::websocket::{self, COMMAND_PROTOCOLS, PORT_FORWARD_PROTOCOL};
-use super::{exec, Outcome, StreamRequest, Streaming, StreamingError};
+use super::websocket;
+use super::{exec, spdy, CommandIo, Outcome, StreamRequest, Streaming, StreamingError};
 use crate::accept::CappedTcpListener;
 use crate::runtime::Runtime;
 use bytes::Bytes;
@@ -100,78 +100,138 @@ impl Server {
                 "unknown or expired streaming token",
             );
         };
-        if !websocket::is_upgrade(&request) {
+        let transport = if websocket::is_upgrade(&request) {
+            Transport::WebSocket
+        } else if spdy::is_upgrade(&request) {
+            Transport::Spdy
+        } else {
             return answer(
                 http::StatusCode::BAD_REQUEST,
                 "a streaming URL needs a WebSocket or SPDY/3.1 upgrade",
             );
-        }
-        let offered = websocket::offered(&request);
-        let supported: &[&'static str] = match stream_request {
-            StreamRequest::PortForward(_) => &[PORT_FORWARD_PROTOCOL],
-            _ => &COMMAND_PROTOCOLS,
         };
-        let Some(protocol) = websocket::negotiate(&offered, supported) else {
+        let (offered, supported): (Vec<String>, &[&'static str]) =
+            match (transport, &stream_request) {
+                (Transport::WebSocket, StreamRequest::PortForward(_)) => (
+                    websocket::offered(&request),
+                    &[websocket::PORT_FORWARD_PROTOCOL],
+                ),
+                (Transport::WebSocket, _) => {
+                    (websocket::offered(&request), &websocket::COMMAND_PROTOCOLS)
+                }
+                (Transport::Spdy, StreamRequest::PortForward(_)) => {
+                    (spdy::offered(&request), &[spdy::PORT_FORWARD_PROTOCOL])
+                }
+                (Transport::Spdy, _) => (spdy::offered(&request), &spdy::COMMAND_PROTOCOLS),
+            };
+        let Some(protocol) = super::negotiate(&offered, supported) else {
             return answer(
-                http::StatusCode::BAD_REQUEST,
+                http::StatusCode::FORBIDDEN,
                 &format!(
                     "none of the requested protocols {offered:?} is supported; berth speaks {supported:?}"
                 ),
             );
         };
-        let ports = match &stream_request {
-            StreamRequest::PortForward(r) => match query_ports(request.uri().query(), &r.port) {
-                Ok(ports) => ports,
-                Err(e) => return answer(http::StatusCode::BAD_REQUEST, &e),
-            },
+        let ports = match (transport, &stream_request) {
+            (Transport::WebSocket, StreamRequest::PortForward(r)) => {
+                match query_ports(request.uri().query(), &r.port) {
+                    Ok(ports) => ports,
+                    Err(e) => return answer(http::StatusCode::BAD_REQUEST, &e),
+                }
+            }
             _ => Vec::new(),
         };
-        let response = match websocket::accept_response(&request, protocol, &offered) {
-            Ok(response) => response,
-            Err(e) => return answer(http::StatusCode::BAD_REQUEST, e),
+        let response = match transport {
+            Transport::WebSocket => {
+                match websocket::accept_response(&request, protocol, &offered) {
+                    Ok(response) => response,
+                    Err(e) => return answer(http::StatusCode::BAD_REQUEST, e),
+                }
+            }
+            Transport::Spdy => spdy::accept_response(protocol, &offered),
         };
         let upgrade = hyper::upgrade::on(&mut request);
         let state = self.state.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let upgraded = match upgrade.await {
-                Ok(upgraded) => upgraded,
+                Ok(upgraded) => TokioIo::new(upgraded),
                 Err(e) => {
                     tracing::debug!(error = %e, "streaming upgrade failed");
                     return;
                 }
             };
-            let ws = websocket::server(TokioIo::new(upgraded)).await;
-            match stream_request {
-                StreamRequest::Exec(r) => {
-                    let streams = websocket::Streams {
-                        stdin: r.stdin,
-                        stdout: r.stdout,
-                        stderr: r.stderr,
-                        tty: r.tty,
-                    };
-                    websocket::serve_command(ws, protocol, streams, |io| exec::run(state, r, io))
-                        .await
-                }
-                StreamRequest::Attach(r) => {
-                    let streams = websocket::Streams {
-                        stdin: r.stdin,
-                        stdout: r.stdout,
-                        stderr: r.stderr,
-                        tty: r.tty,
-                    };
-                    websocket::serve_command(ws, protocol, streams, |_io| async {
-                        Outcome::Failed("attach is not implemented by berth yet".to_owned())
-                    })
-                    .await
-                }
-                StreamRequest::PortForward(r) => {
+            let kind = stream_request.kind();
+            tracing::debug!(kind, protocol, ?transport, "streaming session starts");
+            match (transport, stream_request) {
+                (Transport::WebSocket, StreamRequest::PortForward(r)) => {
+                    let ws = websocket::server(upgraded).await;
                     websocket::serve_port_forward(ws, state, r.pod_sandbox_id, ports).await
                 }
+                (Transport::Spdy, StreamRequest::PortForward(r)) => {
+                    spdy::serve_port_forward(upgraded, state, r.pod_sandbox_id).await
+                }
+                (transport, command) => {
+                    let Some((streams, run)) = command_of(command, state) else {
+                        return;
+                    };
+                    match transport {
+                        Transport::WebSocket => {
+                            let ws = websocket::server(upgraded).await;
+                            websocket::serve_command(ws, protocol, streams, run).await
+                        }
+                        Transport::Spdy => {
+                            spdy::serve_command(upgraded, protocol, streams, run).await
+                        }
+                    }
+                }
             }
+            tracing::debug!(kind, "streaming session ended");
         });
         response.map(|()| Full::default())
     }
+}
+
+/// The two transports of a streaming URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    WebSocket,
+    Spdy,
+}
+
+/// What a remote command runs: its streams and the work on them.
+type CommandRun = Box<dyn FnOnce(CommandIo) -> BoxFuture<Outcome> + Send>;
+type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+
+fn command_of(
+    request: StreamRequest,
+    state: Arc<Runtime>,
+) -> Option<(websocket::Streams, CommandRun)> {
+    Some(match request {
+        StreamRequest::Exec(r) => (
+            websocket::Streams {
+                stdin: r.stdin,
+                stdout: r.stdout,
+                stderr: r.stderr,
+                tty: r.tty,
+            },
+            Box::new(move |io| Box::pin(exec::run(state, r, io))),
+        ),
+        StreamRequest::Attach(r) => (
+            websocket::Streams {
+                stdin: r.stdin,
+                stdout: r.stdout,
+                stderr: r.stderr,
+                tty: r.tty,
+            },
+            Box::new(move |_io| {
+                Box::pin(async {
+                    Outcome::Failed("attach is not implemented by berth yet".to_owned())
+                })
+            }),
+        ),
+        StreamRequest::PortForward(_) => return None,
+    })
 }
 
 /// The ports of a WebSocket port-forward: every `port` query parameter

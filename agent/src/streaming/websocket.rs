@@ -60,26 +60,7 @@ pub fn is_upgrade<B>(request: &http::Request<B>) -> bool {
 
 /// The protocols the client offers, in its order.
 pub fn offered<B>(request: &http::Request<B>) -> Vec<String> {
-    request
-        .headers()
-        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_owned())
-        .filter(|p| !p.is_empty())
-        .collect()
-}
-
-/// The first protocol the client offers that is in `supported`; a client
-/// that offers none gets the oldest (`channel.k8s.io` semantics).
-pub fn negotiate(offered: &[String], supported: &[&'static str]) -> Option<&'static str> {
-    if offered.is_empty() {
-        return supported.last().copied();
-    }
-    offered
-        .iter()
-        .find_map(|p| supported.iter().find(|s| **s == p.as_str()).copied())
+    super::header_list(request, http::header::SEC_WEBSOCKET_PROTOCOL.as_str())
 }
 
 /// The `101 Switching Protocols` answer to `request`, or why it is no
@@ -358,6 +339,7 @@ async fn read_command<S>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::streaming::negotiate;
 
     #[test]
     fn the_clients_first_supported_protocol_wins() {
