@@ -91,6 +91,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         Arc::new(crate::streaming::server::Server {
             state: state.clone(),
             streaming: streaming.clone(),
+            metrics: {
+                let (sessions, bytes) = metrics.register_streaming();
+                crate::streaming::StreamingMetrics { sessions, bytes }
+            },
         }),
         async move {
             let _ = streaming_stopped.await;

@@ -87,6 +87,39 @@ impl Metrics {
     }
 }
 
+/// The streaming server's metrics (`crate::streaming`), registered once
+/// at start-up: `berth_streaming_sessions{kind}`, the sessions open now by
+/// kind (`exec`, `attach`, `portforward`), and
+/// `berth_streaming_bytes_total{kind,direction}`, the bytes of the
+/// upgraded connections (`in` from clients, `out` to them).
+impl Metrics {
+    pub fn register_streaming(&self) -> (prometheus::IntGaugeVec, IntCounterVec) {
+        let sessions = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "berth_streaming_sessions",
+                "Open streaming sessions by kind",
+            ),
+            &["kind"],
+        )
+        .expect("static metric options are valid");
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "berth_streaming_bytes_total",
+                "Bytes copied by streaming sessions, by kind and direction",
+            ),
+            &["kind", "direction"],
+        )
+        .expect("static metric options are valid");
+        for metric in [
+            Box::new(sessions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(bytes.clone()),
+        ] {
+            self.registry.register(metric).expect("registered once");
+        }
+        (sessions, bytes)
+    }
+}
+
 /// gRPC's canonical upper-case code names, as other runtimes label them.
 fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;

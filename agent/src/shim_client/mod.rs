@@ -625,21 +625,6 @@ impl ShimClient {
             .map_err(|e| self.error("resize_pty", e))
     }
 
-    /// Closes the stdin of the init (`exec_id` empty) or an exec.
-    pub async fn close_stdin(&self, exec_id: &str) -> Result<(), ShimError> {
-        let request = api::CloseIORequest {
-            id: self.id.clone(),
-            exec_id: exec_id.to_owned(),
-            stdin: true,
-            ..Default::default()
-        };
-        self.task
-            .close_io(ctx(Some(CALL_TIMEOUT)), &request)
-            .await
-            .map(drop)
-            .map_err(|e| self.error("close_io", e))
-    }
-
     /// Updates resources (OCI `LinuxResources` JSON) or, with `annotations`,
     /// asks for other updates such as reopening the log.
     pub async fn update(

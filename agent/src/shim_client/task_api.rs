@@ -85,7 +85,6 @@ impl TaskClient {
         kill(api::KillRequest) -> Empty = "Kill";
         exec(api::ExecProcessRequest) -> Empty = "Exec";
         resize_pty(api::ResizePtyRequest) -> Empty = "ResizePty";
-        close_io(api::CloseIORequest) -> Empty = "CloseIO";
         update(api::UpdateTaskRequest) -> Empty = "Update";
         wait(api::WaitRequest) -> api::WaitResponse = "Wait";
         connect(api::ConnectRequest) -> api::ConnectResponse = "Connect";

@@ -7,8 +7,7 @@
 //! berthd ends are opened, non-blocking, before the shim opens its own.
 //! Output is read in [`CHUNK`]s into the client's bounded channels; stdin
 //! is written from the client's channel, and its end (the client's EOF)
-//! closes the FIFO and, through the task API's `CloseIO`, the process's
-//! stdin. Resizes go to the task API's `ResizePty`. After the exit the
+//! closes the FIFO, whose EOF closes the process's stdin in the shim. Resizes go to the task API's `ResizePty`. After the exit the
 //! output may flow for [`OUTPUT_GRACE`] more (a background process can
 //! hold the FIFO open), then the session ends.
 //!
@@ -95,15 +94,15 @@ async fn run_exec(
         .map_err(ContainerError::from)?;
     client.start(&exec_id).await.map_err(ContainerError::from)?;
 
+    // The FIFO's EOF closes the process's stdin once the shim has copied
+    // what came before it. (CloseIO would race that copy and lose input.)
     let _stdin = fifos.stdin.clone().zip(io.stdin).map(|(fifo, from)| {
-        let client = client.clone();
         let exec_id = exec_id.clone();
         AbortOnDrop(tokio::spawn(async move {
             match open_stdin(&fifo).await {
                 Ok(fifo) => copy_in(from, fifo).await,
                 Err(e) => tracing::debug!(exec_id, error = %e, "the shim never opened stdin"),
             }
-            let _ = client.close_stdin(&exec_id).await;
         }))
     });
     let _resize = {

@@ -223,3 +223,93 @@ pub enum Outcome {
     /// The command could not run, or the session failed.
     Failed(String),
 }
+
+/// The streaming server's metrics (see [`crate::metrics::Metrics::register_streaming`]).
+#[derive(Debug, Clone)]
+pub struct StreamingMetrics {
+    pub sessions: prometheus::IntGaugeVec,
+    pub bytes: prometheus::IntCounterVec,
+}
+
+/// One open session in [`StreamingMetrics::sessions`], until dropped.
+#[derive(Debug)]
+pub struct OpenSession(prometheus::IntGauge);
+
+impl StreamingMetrics {
+    /// Counts a session of `kind` as open.
+    pub fn open(&self, kind: &str) -> OpenSession {
+        let gauge = self.sessions.with_label_values(&[kind]);
+        gauge.inc();
+        OpenSession(gauge)
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upgraded connection that counts the bytes through it.
+    #[derive(Debug)]
+    pub struct Counted<T> {
+        #[pin]
+        io: T,
+        read: prometheus::IntCounter,
+        written: prometheus::IntCounter,
+    }
+}
+
+impl<T> Counted<T> {
+    pub fn new(io: T, metrics: &StreamingMetrics, kind: &str) -> Self {
+        Self {
+            io,
+            read: metrics.bytes.with_label_values(&[kind, "in"]),
+            written: metrics.bytes.with_label_values(&[kind, "out"]),
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Counted<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.io.poll_read(cx, buf);
+        this.read.inc_by((buf.filled().len() - before) as u64);
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let polled = this.io.poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            this.written.inc_by(*n as u64);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}

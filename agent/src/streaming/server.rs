@@ -36,6 +36,7 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Server {
     pub state: Arc<Runtime>,
     pub streaming: Arc<Streaming>,
+    pub metrics: super::StreamingMetrics,
 }
 
 /// Binds the streaming address.
@@ -152,16 +153,18 @@ impl Server {
         };
         let upgrade = hyper::upgrade::on(&mut request);
         let state = self.state.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let kind = stream_request.kind();
             let upgraded = match upgrade.await {
-                Ok(upgraded) => TokioIo::new(upgraded),
+                Ok(upgraded) => super::Counted::new(TokioIo::new(upgraded), &metrics, kind),
                 Err(e) => {
                     tracing::debug!(error = %e, "streaming upgrade failed");
                     return;
                 }
             };
-            let kind = stream_request.kind();
+            let _open = metrics.open(kind);
             tracing::debug!(kind, protocol, ?transport, "streaming session starts");
             match (transport, stream_request) {
                 (Transport::WebSocket, StreamRequest::PortForward(r)) => {

@@ -12,8 +12,9 @@
 //! (not with a terminal) and, from v3 with a terminal, `resize` (JSON
 //! `{"Width":W,"Height":H}` objects, one per line). The command starts once
 //! the streams its request implies arrived (at most [`STREAM_WAIT`]). The
-//! client's FIN on stdin is stdin's EOF; berthd's FIN on stdout and stderr
-//! ends them; the error stream carries the outcome ([`super::status`]),
+//! client's FIN on stdin is stdin's EOF (berthd's side of stdin stays open
+//! until the command ended: client-go stops sending input once it closes);
+//! berthd's FIN on stdout and stderr ends them; the error stream carries the outcome ([`super::status`]),
 //! then berthd sends GOAWAY and waits (at most [`LINGER`]) for the client
 //! to hang up, so nothing queued is cut off.
 //!
@@ -115,8 +116,6 @@ impl CommandStreams {
             .get("streamtype")
             .unwrap_or_default()
             .to_owned();
-        // Streams berthd never writes to are finished on its side at once.
-        let write_only = matches!(kind.as_str(), "stdin" | "resize");
         let slot = match kind.as_str() {
             "error" => &mut self.error,
             "stdin" => &mut self.stdin,
@@ -128,7 +127,10 @@ impl CommandStreams {
                 return;
             }
         };
-        if slot.is_some() || stream.reply(Headers::new(), write_only).await.is_err() {
+        // Every reply leaves berthd's side open, stdin's too: client-go
+        // closes its stdin as soon as berthd's side of it ends, input it
+        // has not sent yet included.
+        if slot.is_some() || stream.reply(Headers::new(), false).await.is_err() {
             let _ = stream.reset(berth_spdy::RstStatus::PROTOCOL_ERROR).await;
             return;
         }
@@ -205,8 +207,8 @@ pub async fn serve_command<T, F, Fut>(
         mut stderr,
         resize,
     } = got;
-    let (stdin_recv, _stdin_send) = stdin.map(Stream::split).unzip();
-    let (resize_recv, _resize_send) = resize.map(Stream::split).unzip();
+    let (stdin_recv, mut stdin_send) = stdin.map(Stream::split).unzip();
+    let (resize_recv, mut resize_send) = resize.map(Stream::split).unzip();
     let outcome = {
         let inputs = async {
             tokio::join!(
@@ -239,6 +241,12 @@ pub async fn serve_command<T, F, Fut>(
     } else {
         status::status_text(&outcome)
     };
+    for input in [stdin_send.as_mut(), resize_send.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        let _ = input.close().await;
+    }
     if let Some(error) = error.as_mut() {
         if let Some(message) = message {
             let _ = error.write_all(&message).await;
@@ -323,6 +331,7 @@ where
             let _ = stream.reset(berth_spdy::RstStatus::PROTOCOL_ERROR).await;
             continue;
         }
+        tracing::debug!(kind, request_id, "port-forward stream");
         let pair = pairs.entry(request_id.clone()).or_default();
         let slot = if kind == "error" {
             &mut pair.error
@@ -334,15 +343,15 @@ where
             continue;
         }
         *slot = Some(stream);
-        if let Some(Pair {
-            error: Some(error),
-            data: Some(data),
-        }) = pairs.remove(&request_id)
-        {
-            forwards.spawn(forward_pair(state.clone(), sandbox_id.clone(), error, data));
-        } else if let Some(half) = pairs.remove(&request_id) {
-            // Only one of the two so far: keep it for its partner.
-            pairs.insert(request_id, half);
+        // A pair starts once both halves came; a half waits for its partner.
+        if pair.error.is_some() && pair.data.is_some() {
+            if let Some(Pair {
+                error: Some(error),
+                data: Some(data),
+            }) = pairs.remove(&request_id)
+            {
+                forwards.spawn(forward_pair(state.clone(), sandbox_id.clone(), error, data));
+            }
         }
         while forwards.try_join_next().is_some() {}
     }
@@ -367,6 +376,7 @@ async fn forward_pair(state: Arc<Runtime>, sandbox_id: String, mut error: Stream
     let tcp = match port_forward::dial(&state, &sandbox_id, port).await {
         Ok(tcp) => tcp,
         Err(message) => {
+            tracing::debug!(port, sandbox_id, "port-forward: {message}");
             let _ = error.write_all(message.as_bytes()).await;
             let _ = error.close().await;
             return;
