@@ -17,6 +17,10 @@ const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
 /// crictl's transports that berth serves.
 const TRANSPORTS: [&str; 2] = ["spdy", "websocket"];
+/// crictl's `--transport=websocket` port-forward tunnels SPDY through a
+/// WebSocket (`SPDY/3.1+portforward.k8s.io`), which berth does not serve
+/// yet: SPDY only.
+const PORT_FORWARD_TRANSPORTS: [&str; 1] = ["spdy"];
 
 /// Runs the tests whose names contain the first argument (all without).
 struct Filtered {
@@ -408,10 +412,7 @@ fn port_forward_to_httpd_in_the_pod(berthd: &Berthd, pod: &str, id: &str) -> Tes
     ])?;
     let sum = berthd.crictl_ok(&["exec", "-s", id, "md5sum", "/tmp/www/big"])?;
     let want = sum.split_whitespace().next().unwrap_or_default().to_owned();
-    // crictl's `--transport=websocket` port-forward tunnels SPDY through a
-    // WebSocket (`SPDY/3.1+portforward.k8s.io`), which berth does not
-    // serve yet: SPDY only.
-    for transport in ["spdy"] {
+    for transport in PORT_FORWARD_TRANSPORTS {
         let port = free_port()?;
         let mut child = crictl(
             berthd,
