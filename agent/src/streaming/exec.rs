@@ -11,7 +11,7 @@
 //! output may flow for [`OUTPUT_GRACE`] more (a background process can
 //! hold the FIFO open), then the session ends.
 //!
-//! [`ExecGuard`] owns the process: a session dropped before the exit (the
+//! A guard owns the process: a session dropped before the exit (the
 //! client went away) kills it with SIGKILL and deletes it from the shim in
 //! the background, and its FIFOs are unblocked and removed, so nothing of
 //! an interrupted exec is left.

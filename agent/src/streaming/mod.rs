@@ -11,8 +11,9 @@
 //! `v5.channel.k8s.io` and older channel protocols for exec and attach,
 //! `v4.channel.k8s.io` port-forward framing) or SPDY/3.1. A transport
 //! turns its frames into a [`CommandIo`] (exec, attach) or one byte stream
-//! per forwarded connection (port-forward); [`exec`], [`attach`] and
-//! [`port_forward`] do the work and know nothing of the transport.
+//! per forwarded connection (port-forward); [`exec`] and [`port_forward`]
+//! do the work and know nothing of the transport (attach is not built yet:
+//! its session reports so; `docs/architecture.md` has the design).
 //!
 //! Back-pressure: every stream is a bounded channel of [`CHUNK`]-sized
 //! chunks, so a client that never reads stalls its own stream and the
