@@ -317,6 +317,7 @@ fn config_default_prints_every_section() -> TestResult {
         "[grpc]",
         "[log]",
         "[metrics]",
+        "[streaming]",
         "[cni]",
         "[registry]",
         "[cgroup]",
