@@ -89,6 +89,9 @@ cargo test --locked -p berth-e2e --test pods
 step "e2e: stats (crictl stats and statsp of busy and allocating containers, runc and crun)"
 cargo test --locked -p berth-e2e --test stats
 
+step "e2e: streaming (exec, attach, port-forward through crictl)"
+cargo test --locked -p berth-e2e --test streaming
+
 step "e2e: security (other users, idle connections, hostile paths)"
 cargo test --locked -p berth-e2e --test security
 

@@ -9,9 +9,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The wait after the first failure in a row.
 const FIRST_DELAY: Duration = Duration::from_millis(5);
@@ -79,6 +81,50 @@ impl AcceptBackoff {
         }
         self.last_logged = Some(now);
         Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+/// A TCP listener that serves at most a fixed number of connections at
+/// once: one more is closed at accept, so its descriptor is back at once.
+#[derive(Debug)]
+pub struct CappedTcpListener {
+    listener: TcpListener,
+    backoff: AcceptBackoff,
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl CappedTcpListener {
+    /// Serves `listener` (named `name` in log lines) with at most `max`
+    /// connections open.
+    pub fn new(listener: TcpListener, name: &'static str, max: usize) -> Self {
+        Self {
+            listener,
+            backoff: AcceptBackoff::new(name),
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// The next connection and its slot, which it must hold while served;
+    /// failed accepts back off.
+    pub async fn accept(&mut self) -> (TcpStream, OwnedSemaphorePermit) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => {
+                    self.backoff.succeeded();
+                    match self.slots.clone().try_acquire_owned() {
+                        Ok(slot) => return (stream, slot),
+                        Err(_) => tracing::debug!(
+                            listener = self.backoff.listener,
+                            "{} connections open; closing one more",
+                            self.max
+                        ),
+                    }
+                }
+                Err(e) => tokio::time::sleep(self.backoff.failed(&e)).await,
+            }
+        }
     }
 }
 

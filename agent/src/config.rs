@@ -43,6 +43,7 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub tracing: TracingConfig,
+    pub streaming: StreamingConfig,
     pub cni: CniConfig,
     pub registry: RegistryConfig,
     pub image: ImageConfig,
@@ -90,6 +91,15 @@ pub struct TracingConfig {
     /// The OTLP/gRPC collector that tracing spans are exported to
     /// (`http://host:port`); empty: no export. Needs the `otlp` feature.
     pub otlp_endpoint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// Address of the streaming server that the URLs of Exec, Attach and
+    /// PortForward name; port 0 picks a free port, which berthd then writes
+    /// to `<state>/streaming-address`.
+    pub address: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,6 +208,7 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             tracing: TracingConfig::default(),
+            streaming: StreamingConfig::default(),
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
             image: ImageConfig::default(),
@@ -231,6 +242,14 @@ impl Default for MetricsConfig {
         Self {
             enabled: true,
             address: "127.0.0.1:9325".to_owned(),
+        }
+    }
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:0".to_owned(),
         }
     }
 }
@@ -365,6 +384,13 @@ impl Config {
                 message,
             }
         })?;
+        self.streaming
+            .address
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::Invalid {
+                key: "streaming.address",
+                message: format!("`{}`: {e}", self.streaming.address),
+            })?;
         if self.image.max_concurrent_downloads == 0 {
             return Err(ConfigError::Invalid {
                 key: "image.max_concurrent_downloads",
@@ -440,6 +466,14 @@ impl Config {
             return None;
         }
         self.metrics.address.parse().ok()
+    }
+
+    /// The streaming server's address; valid after [`Config::validate`].
+    pub fn streaming_address(&self) -> SocketAddr {
+        self.streaming
+            .address
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     /// The configuration as a TOML document.
@@ -537,6 +571,10 @@ mod tests {
             ("[log]\nformat = \"xml\"\n", "xml"),
             ("root = \"relative\"\n", "root"),
             ("[metrics]\naddress = \"nowhere\"\n", "metrics.address"),
+            (
+                "[streaming]\naddress = \"localhost\"\n",
+                "streaming.address",
+            ),
             ("[grpc]\nmax_message_size = 10\n", "grpc.max_message_size"),
             (
                 "[runtime]\ndefault_handler = \"kata\"\n",

@@ -21,6 +21,8 @@ use std::sync::Arc;
 
 /// The file in the state dir that names the bound metrics address.
 pub const METRICS_ADDRESS_FILE: &str = "metrics-address";
+/// The file in the state dir that names the bound streaming address.
+pub const STREAMING_ADDRESS_FILE: &str = "streaming-address";
 
 /// Runs berthd until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
@@ -67,10 +69,42 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         None => None,
     };
 
+    let streaming_listener = crate::streaming::server::bind(config.streaming_address()).await?;
+    let streaming_bound = streaming_listener.local_addr().map_err(|source| {
+        crate::streaming::StreamingError::Bind {
+            address: config.streaming_address(),
+            source,
+        }
+    })?;
+    let streaming_file = config.state.join(STREAMING_ADDRESS_FILE);
+    std::fs::write(&streaming_file, format!("{streaming_bound}\n")).map_err(|source| {
+        crate::streaming::StreamingError::Bind {
+            address: streaming_bound,
+            source,
+        }
+    })?;
+    tracing::info!(address = %streaming_bound, "serving exec, attach and port-forward streams");
+    let streaming = Arc::new(crate::streaming::Streaming::new(streaming_bound));
+
     let max_message_size = config.grpc.max_message_size;
     crate::recovery::recover(&state).await;
     let collector = crate::stats::collector::spawn(state.clone());
-    let service = CriService::new(state.clone());
+    let (stop_streaming, streaming_stopped) = tokio::sync::oneshot::channel::<()>();
+    let streaming_task = tokio::spawn(crate::streaming::server::serve(
+        streaming_listener,
+        Arc::new(crate::streaming::server::Server {
+            state: state.clone(),
+            streaming: streaming.clone(),
+            metrics: {
+                let (sessions, bytes) = metrics.streaming();
+                crate::streaming::StreamingMetrics { sessions, bytes }
+            },
+        }),
+        async move {
+            let _ = streaming_stopped.await;
+        },
+    ));
+    let service = CriService::new(state.clone(), streaming);
     tracing::info!(
         socket = %socket.path().display(),
         version = env!("CARGO_PKG_VERSION"),
@@ -102,6 +136,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
 
     collector.stop().await;
     state.containers.stop_watchers().await;
+    let _ = stop_streaming.send(());
+    let _ = streaming_task.await;
+    let _ = std::fs::remove_file(state.config.state.join(STREAMING_ADDRESS_FILE));
     let _ = stop_metrics.send(());
     if let Some(task) = metrics_task {
         let _ = task.await;

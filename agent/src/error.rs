@@ -41,6 +41,8 @@ pub enum Error {
     Container(#[from] crate::container::ContainerError),
     #[error(transparent)]
     Stats(#[from] crate::stats::StatsError),
+    #[error(transparent)]
+    Streaming(#[from] crate::streaming::StreamingError),
     /// The client's deadline passed while berthd was doing `action`.
     #[error("{action}: the client's deadline passed")]
     DeadlinePassed { action: String },
@@ -125,6 +127,7 @@ impl Error {
             Error::Container(e) => e.kind(),
             Error::Sandbox(e) => e.kind(),
             Error::Stats(e) => e.kind(),
+            Error::Streaming(e) => e.kind(),
             Error::Store(e) => e.kind(),
             Error::DeadlinePassed { .. } => ErrorKind::DeadlineExceeded,
             Error::Unimplemented { .. } => ErrorKind::Unimplemented,

@@ -3,7 +3,8 @@
 //!
 //! Layout: [`config`] reads the TOML file; [`daemon::run`] opens the
 //! [`runtime`] (the [`store`], cgroups, images, sandboxes and containers),
-//! binds the CRI [`socket`] and the [`metrics`] endpoint, every listener
+//! binds the CRI [`socket`], the [`metrics`] endpoint and the
+//! [`streaming`] server (Exec, Attach, PortForward), every listener
 //! behind the [`accept`] backoff, and serves the CRI services of [`server`]
 //! until shutdown; `server` only converts requests and calls into the
 //! runtime. [`cgroups`] detects
@@ -35,6 +36,7 @@ pub mod shim_client;
 pub mod socket;
 pub mod stats;
 pub mod store;
+pub mod streaming;
 pub mod telemetry;
 
 pub use error::{Error, ErrorKind, Result};

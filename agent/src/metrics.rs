@@ -133,10 +133,7 @@ pub struct Metrics {
     shims: IntGauge,
     shim_start_failures: IntCounter,
     phases: HistogramVec,
-    // Reserved: `berth_streaming_sessions{kind}` and
-    // `berth_streaming_bytes_total{kind,direction}` are declared here and
-    // stay at zero until streaming sets their values through
-    // `streaming_sessions()` and `streaming_bytes()`.
+    // Set by the streaming server (`Metrics::streaming`).
     streaming_sessions: IntGaugeVec,
     streaming_bytes: IntCounterVec,
 }
@@ -245,7 +242,6 @@ impl Metrics {
                 &["phase", "outcome"],
             ),
         );
-        // Reserved: declared and left at zero until streaming sets them.
         let streaming_sessions = register(
             r,
             IntGaugeVec::new(
@@ -338,17 +334,6 @@ impl Metrics {
         self.shim_start_failures.inc();
     }
 
-    /// The streaming sessions gauge of `kind` (`exec`, `attach`,
-    /// `port_forward`).
-    pub fn streaming_sessions(&self, kind: &str) -> IntGauge {
-        self.streaming_sessions.with_label_values(&[kind])
-    }
-
-    /// The streaming bytes counter of `kind` and `direction` (`in`, `out`).
-    pub fn streaming_bytes(&self, kind: &str, direction: &str) -> IntCounter {
-        self.streaming_bytes.with_label_values(&[kind, direction])
-    }
-
     fn observe_phase(&self, phase: Phase, took: Duration, outcome: &str) {
         self.phases
             .with_label_values(&[phase.name(), outcome])
@@ -388,6 +373,19 @@ impl Metrics {
         let result = phase.span().in_scope(work);
         self.observe_phase(phase, started.elapsed(), outcome(&result));
         result
+    }
+}
+
+/// The streaming server's metrics (`crate::streaming`):
+/// `berth_streaming_sessions{kind}`, the sessions open now by kind
+/// ([`STREAMING_KINDS`]), and `berth_streaming_bytes_total{kind,direction}`,
+/// the bytes of the upgraded connections (`in` from clients, `out` to them).
+impl Metrics {
+    pub fn streaming(&self) -> (IntGaugeVec, IntCounterVec) {
+        (
+            self.streaming_sessions.clone(),
+            self.streaming_bytes.clone(),
+        )
     }
 }
 

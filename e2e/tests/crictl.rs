@@ -312,6 +312,7 @@ fn config_default_prints_every_section() -> TestResult {
         "[grpc]",
         "[log]",
         "[metrics]",
+        "[streaming]",
         "[cni]",
         "[registry]",
         "[cgroup]",

@@ -2,8 +2,7 @@
 //! and exit code.
 //!
 //! The process runs through the container's shim (`exec`, `start`, `wait`)
-//! with the init's OCI process spec (user, groups, capabilities, env,
-//! working dir) and the requested argv, without a terminal. Its stdout and
+//! as [`super::exec`] prepares it, without a terminal. Its stdout and
 //! stderr go to two FIFOs in `<state>/exec/<exec id>/` that a reader thread
 //! each drains: the first 16 MiB of each stream are kept, the rest read
 //! and dropped (the CRI's limit, CVE-2022-1708), so a chatty process never
@@ -17,10 +16,10 @@
 //! the FIFO open; berth waits [`OUTPUT_GRACE`] after the exit for the
 //! streams to end, then returns what it read.
 
-use super::record::{state_name, ContainerError, ContainerState};
+use super::record::ContainerError;
 use crate::runtime::Runtime;
-use crate::shim_client::ShimClient;
-use crate::{Error, Result};
+use crate::shim_client::{ExecStdio, ShimClient};
+use crate::Result;
 use berth_proto::cri::v1 as cri;
 use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
@@ -43,40 +42,18 @@ pub async fn exec_sync(
     state: &Arc<Runtime>,
     request: cri::ExecSyncRequest,
 ) -> Result<cri::ExecSyncResponse> {
-    if request.cmd.is_empty() {
-        return Err(Error::invalid("cmd", "must not be empty"));
-    }
-    let record = state
-        .containers
-        .find_created(&request.container_id)?
-        .ok_or_else(|| ContainerError::NotFound(request.container_id.clone()))?;
-    if record.state != ContainerState::Running {
-        return Err(ContainerError::WrongState {
-            id: record.id.clone(),
-            state: state_name(record.state),
-            what: "commands run only in a running container",
-        }
-        .into());
-    }
-    let client = state
-        .containers
-        .client(&record)
-        .await
-        .map_err(ContainerError::from)?;
-    let process = process_spec(&record.bundle, &request.cmd)?;
-    let exec_id = format!("exec-{}", &crate::sandbox::random_id()[..16]);
-    let io = ExecIo::new(&state.config.state.join("exec").join(&exec_id))?;
-    let stdout = io.stdout.display().to_string();
-    let stderr = io.stderr.display().to_string();
-    let ran = run(
-        &client,
-        &exec_id,
-        process,
-        &stdout,
-        &stderr,
-        request.timeout,
-    )
-    .await;
+    let super::exec::ExecTarget { record, client } =
+        super::exec::target(state, &request.container_id, &request.cmd).await?;
+    let process =
+        super::exec::process_spec(&record.bundle, &request.cmd, super::exec::Terminal::None)?;
+    let exec_id = super::exec::new_id();
+    let io = ExecIo::new(&super::exec::dir(state, &exec_id))?;
+    let stdio = ExecStdio {
+        stdout: io.stdout.display().to_string(),
+        stderr: io.stderr.display().to_string(),
+        ..Default::default()
+    };
+    let ran = run(&client, &exec_id, process, &stdio, request.timeout).await;
     if let Err(e) = client.delete(&exec_id).await {
         if !e.is_not_found() {
             tracing::debug!(id = %record.id, exec_id, error = %e, "cannot delete an exec");
@@ -122,12 +99,11 @@ async fn run(
     client: &ShimClient,
     exec_id: &str,
     process: Vec<u8>,
-    stdout: &str,
-    stderr: &str,
+    stdio: &ExecStdio,
     timeout: i64,
 ) -> Result<u32, RunError> {
     client
-        .exec(exec_id, process, stdout, stderr)
+        .exec(exec_id, process, stdio)
         .await
         .map_err(RunError::Shim)?;
     client.start(exec_id).await.map_err(RunError::Shim)?;
@@ -158,25 +134,6 @@ fn fit(mut out: Vec<u8>, mut err: Vec<u8>, budget: usize) -> (Vec<u8>, Vec<u8>) 
     out.truncate(out_len);
     err.truncate(budget - out_len);
     (out, err)
-}
-
-/// The init's process spec from the bundle's `config.json`, with `cmd` as
-/// argv and no terminal.
-fn process_spec(bundle: &Path, cmd: &[String]) -> Result<Vec<u8>> {
-    let path = bundle.join("config.json");
-    let bytes = std::fs::read(&path).map_err(|e| ContainerError::io(&path, e))?;
-    let mut spec: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ContainerError::io(&path, std::io::Error::other(e)))?;
-    let process = spec
-        .get_mut("process")
-        .and_then(|p| p.as_object_mut())
-        .ok_or_else(|| {
-            ContainerError::io(&path, std::io::Error::other("the spec has no process"))
-        })?;
-    process.insert("args".to_owned(), serde_json::json!(cmd));
-    process.insert("terminal".to_owned(), serde_json::Value::Bool(false));
-    process.remove("consoleSize");
-    Ok(serde_json::to_vec(process).expect("JSON always serialises"))
 }
 
 /// What one reader thread has read, and its end.
@@ -276,25 +233,6 @@ fn drain(fifo: &Path, sink: &Mutex<Vec<u8>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exec_spec_is_the_inits_with_new_args() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(
-            dir.path().join("config.json"),
-            r#"{"ociVersion":"1.0.2","process":{"terminal":true,"consoleSize":{"height":1,"width":1},
-                "user":{"uid":1000,"gid":1000,"additionalGids":[5]},"args":["/init"],"cwd":"/srv",
-                "env":["A=1"]}}"#,
-        )
-        .expect("write");
-        let spec = process_spec(dir.path(), &["id".to_owned(), "-G".to_owned()]).expect("spec");
-        let spec: serde_json::Value = serde_json::from_slice(&spec).expect("json");
-        assert_eq!(spec["args"], serde_json::json!(["id", "-G"]));
-        assert_eq!(spec["terminal"], false);
-        assert!(spec.get("consoleSize").is_none());
-        assert_eq!(spec["user"]["additionalGids"], serde_json::json!([5]));
-        assert_eq!(spec["cwd"], "/srv");
-    }
 
     #[test]
     fn output_fits_the_message_cap() {

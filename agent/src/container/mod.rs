@@ -3,7 +3,8 @@
 //!
 //! Layout: the CRI calls live in [`create`], [`start`], [`stop`],
 //! [`remove`], [`status`], [`list`], [`exec_sync`], [`update`]
-//! (resources) and [`reopen_log`]; [`record`] holds the persisted
+//! (resources) and [`reopen_log`]; [`exec`] is what ExecSync and the
+//! streaming server's exec share; [`record`] holds the persisted
 //! [`ContainerRecord`] and the [`Containers`] of a berthd. Ending a
 //! container: [`exit`] learns of exits and is the one place that records
 //! an end ([`exit::record`]), [`teardown`] the one place that releases what
@@ -27,6 +28,7 @@
 //! item says so.
 
 pub mod create;
+pub mod exec;
 pub mod exec_sync;
 pub mod exit;
 pub mod image_volume;

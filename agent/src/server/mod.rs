@@ -10,17 +10,21 @@ mod runtime;
 mod runtime_status;
 
 use crate::runtime::Runtime;
+use crate::streaming::Streaming;
 use std::sync::Arc;
 
 /// The CRI services, both backed by one [`Runtime`].
 #[derive(Debug, Clone)]
 pub struct CriService {
     state: Arc<Runtime>,
+    /// The streaming server's tokens and URL, for Exec, Attach and
+    /// PortForward.
+    streaming: Arc<Streaming>,
 }
 
 impl CriService {
-    pub fn new(state: Arc<Runtime>) -> Self {
-        Self { state }
+    pub fn new(state: Arc<Runtime>, streaming: Arc<Streaming>) -> Self {
+        Self { state, streaming }
     }
 }
 

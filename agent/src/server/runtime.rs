@@ -177,6 +177,32 @@ impl RuntimeService for CriService {
         Ok(Response::new(response))
     }
 
+    async fn exec(
+        &self,
+        request: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        let response = self.streaming.exec(&self.state, request.into_inner())?;
+        Ok(Response::new(response))
+    }
+
+    async fn attach(
+        &self,
+        request: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        let response = self.streaming.attach(&self.state, request.into_inner())?;
+        Ok(Response::new(response))
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        let response = self
+            .streaming
+            .port_forward(&self.state, request.into_inner())?;
+        Ok(Response::new(response))
+    }
+
     async fn container_stats(
         &self,
         request: Request<cri::ContainerStatsRequest>,
@@ -237,9 +263,6 @@ impl RuntimeService for CriService {
     }
 
     unimplemented_rpcs! {
-        exec(cri::ExecRequest) -> cri::ExecResponse;
-        attach(cri::AttachRequest) -> cri::AttachResponse;
-        port_forward(cri::PortForwardRequest) -> cri::PortForwardResponse;
         checkpoint_container(cri::CheckpointContainerRequest) -> cri::CheckpointContainerResponse;
         checkpoint_pod(cri::CheckpointPodRequest) -> cri::CheckpointPodResponse;
         restore_pod(cri::RestorePodRequest) -> cri::RestorePodResponse;

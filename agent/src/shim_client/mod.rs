@@ -424,6 +424,16 @@ pub fn runtime_options(settings: &ShimSettings, binary: &Path, systemd_cgroup: b
     }
 }
 
+/// The stdio of an exec process, as the task API names it: FIFO paths
+/// (empty for none) and whether it gets a terminal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecStdio {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
 /// A connected task client for one container.
 #[derive(Clone)]
 pub struct ShimClient {
@@ -575,21 +585,21 @@ impl ShimClient {
             .map_err(|e| self.error("delete", e))
     }
 
-    /// Registers an exec process (`spec`: the OCI process as JSON).
+    /// Registers an exec process (`spec`: the OCI process as JSON) with
+    /// the stdio ends in `stdio`.
     pub async fn exec(
         &self,
         exec_id: &str,
         spec: Vec<u8>,
-        stdout: &str,
-        stderr: &str,
+        stdio: &ExecStdio,
     ) -> Result<(), ShimError> {
         let request = api::ExecProcessRequest {
             id: self.id.clone(),
             exec_id: exec_id.to_owned(),
-            terminal: false,
-            stdin: String::new(),
-            stdout: stdout.to_owned(),
-            stderr: stderr.to_owned(),
+            terminal: stdio.terminal,
+            stdin: stdio.stdin.clone(),
+            stdout: stdio.stdout.clone(),
+            stderr: stdio.stderr.clone(),
             spec: MessageField::some(Any {
                 type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".to_owned(),
                 value: spec,
@@ -602,6 +612,27 @@ impl ShimClient {
             .await
             .map(drop)
             .map_err(|e| self.error("exec", e))
+    }
+
+    /// Sets the terminal size of the init (`exec_id` empty) or an exec.
+    pub async fn resize_pty(
+        &self,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<(), ShimError> {
+        let request = api::ResizePtyRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.to_owned(),
+            width,
+            height,
+            ..Default::default()
+        };
+        self.task
+            .resize_pty(ctx(Some(CALL_TIMEOUT)), &request)
+            .await
+            .map(drop)
+            .map_err(|e| self.error("resize_pty", e))
     }
 
     /// Updates resources (OCI `LinuxResources` JSON) or, with `annotations`,

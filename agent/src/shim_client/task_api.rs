@@ -84,6 +84,7 @@ impl TaskClient {
         delete(api::DeleteRequest) -> api::DeleteResponse = "Delete";
         kill(api::KillRequest) -> Empty = "Kill";
         exec(api::ExecProcessRequest) -> Empty = "Exec";
+        resize_pty(api::ResizePtyRequest) -> Empty = "ResizePty";
         update(api::UpdateTaskRequest) -> Empty = "Update";
         wait(api::WaitRequest) -> api::WaitResponse = "Wait";
         connect(api::ConnectRequest) -> api::ConnectResponse = "Connect";
