@@ -89,6 +89,9 @@ cargo test --locked -p berth-e2e --test security
 step "e2e: crash matrix (kill -9 of berthd at each step of CreateContainer and RunPodSandbox)"
 cargo test --locked -p berth-e2e --test crash
 
+step "e2e: operations (SIGHUP reload with containers running)"
+cargo test --locked -p berth-e2e --test ops
+
 step "benchmarks, short smoke run (fails on an n/a: containerd's, or berth's for a figure docs/benchmarks.json has)"
 bench_out=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-smoke.XXXXXX")
 BERTHD="$BERTHD" BENCH_OUT="$bench_out/benchmarks" "$REPO/hack/bench/run.sh" --short

@@ -22,8 +22,20 @@ use std::sync::Arc;
 /// The file in the state dir that names the bound metrics address.
 pub const METRICS_ADDRESS_FILE: &str = "metrics-address";
 
-/// Runs berthd until `shutdown` resolves.
+/// Runs berthd until `shutdown` resolves, without reloads.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    let (_keep, reloads) = tokio::sync::mpsc::unbounded_channel();
+    serve(config, shutdown, reloads).await
+}
+
+/// Runs berthd until `shutdown` resolves, applying each configuration
+/// that arrives on `reloads` (re-read on SIGHUP, validated) as
+/// [`crate::reload::apply`] does.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+    mut reloads: tokio::sync::mpsc::UnboundedReceiver<Config>,
+) -> Result<()> {
     raise_file_limit();
     for dir in [&config.root, &config.state] {
         create_private_dir(dir)?;
@@ -67,6 +79,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let state = Arc::new(runtime);
     crate::recovery::recover(&state).await;
     let service = CriService::new(state.clone());
+    let reloader = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            while let Some(new) = reloads.recv().await {
+                report_reload(&state, &new).await;
+            }
+        })
+    };
     tracing::info!(
         socket = %socket.path().display(),
         version = env!("CARGO_PKG_VERSION"),
@@ -96,6 +116,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         })
         .await;
 
+    reloader.abort();
     state.containers.stop_watchers().await;
     let _ = stop_metrics.send(());
     if let Some(task) = metrics_task {
@@ -105,6 +126,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     drop(socket);
     tracing::info!("berthd stopped");
     served.map_err(Error::from)
+}
+
+/// Applies a reloaded configuration and logs what it changed and what
+/// waits for a restart.
+async fn report_reload(state: &Runtime, new: &Config) {
+    match crate::reload::apply(state, new).await {
+        Ok(outcome) => {
+            if !outcome.need_restart.is_empty() {
+                tracing::warn!(
+                    keys = ?outcome.need_restart,
+                    "changed config keys take effect only when berthd restarts; they keep their running values"
+                );
+            }
+            tracing::info!(applied = ?outcome.applied, "reloaded the configuration");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot apply the reloaded configuration; keeping the running one")
+        }
+    }
 }
 
 /// Connections whose clients may send the socket path as `:authority`

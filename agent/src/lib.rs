@@ -10,7 +10,8 @@
 //! the cgroup layout and driver, [`network`] pinned namespaces and CNI,
 //! [`sandbox`] pod sandboxes, [`container`] containers and the CRI to OCI
 //! spec translation, [`shim_client`] their shims, [`recovery`] what
-//! start-up repairs, [`binaries`] where the helper binaries are. Errors
+//! start-up repairs, [`reload`] what SIGHUP applies, [`binaries`] where
+//! the helper binaries are. Errors
 //! are [`Error`], mapped to gRPC codes in one place (`error.rs`).
 #![deny(unsafe_code)]
 
@@ -28,6 +29,7 @@ pub mod memory;
 pub mod metrics;
 pub mod network;
 pub mod recovery;
+pub mod reload;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;

@@ -1,8 +1,11 @@
 //! berthd: the berth CRI node agent.
 //!
 //! `berthd [--config FILE] [--root DIR] [--state DIR] [--socket PATH]
-//! [--log-level LEVEL]` serves CRI until SIGTERM or SIGINT;
-//! `berthd config default` prints the default configuration file.
+//! [--log-level LEVEL]` serves CRI until SIGTERM or SIGINT and re-reads
+//! its configuration on SIGHUP (see `berth_agent::reload`);
+//! `berthd config default` prints the default configuration file,
+//! `berthd config dump` the configuration berthd would run with (files,
+//! drop-ins and flags, defaults filled in).
 
 use anyhow::Context;
 use berth_agent::config::{Config, LogFormat, DEFAULT_CONFIG_PATH, LOG_LEVELS};
@@ -18,19 +21,19 @@ use std::process::ExitCode;
 )]
 struct Cli {
     /// Configuration file [default: /etc/berth/config.toml, if present]
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Persistent data directory (overrides `root`)
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     root: Option<PathBuf>,
     /// Volatile state directory (overrides `state`)
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     state: Option<PathBuf>,
     /// CRI socket path (overrides `grpc.socket`)
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     socket: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace (overrides `log.level` and RUST_LOG)
-    #[arg(long, value_name = "LEVEL", value_parser = clap::builder::PossibleValuesParser::new(LOG_LEVELS))]
+    #[arg(long, value_name = "LEVEL", global = true, value_parser = clap::builder::PossibleValuesParser::new(LOG_LEVELS))]
     log_level: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -49,18 +52,25 @@ enum Command {
 enum ConfigCommand {
     /// Print the default configuration file, every key with its default
     Default,
+    /// Print the effective configuration (file, drop-ins, flags; defaults filled in) as TOML
+    Dump,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Config {
-        command: ConfigCommand::Default,
-    }) = cli.command
-    {
-        print!("{}", berth_agent::config::DEFAULT_CONFIG_TOML);
-        return ExitCode::SUCCESS;
-    }
-    match run(cli) {
+    let result = match cli.command {
+        Some(Command::Config {
+            command: ConfigCommand::Default,
+        }) => {
+            print!("{}", berth_agent::config::DEFAULT_CONFIG_TOML);
+            Ok(())
+        }
+        Some(Command::Config {
+            command: ConfigCommand::Dump,
+        }) => dump_config(&cli),
+        None => run(cli),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, naming the problem: start-up errors are read by people.
@@ -72,7 +82,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(&cli)?;
-    init_logging(&config, cli.log_level.is_some());
+    let log_filter = init_logging(&config, cli.log_level.is_some());
     berth_agent::memory::limit_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -80,16 +90,79 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
-        berth_agent::daemon::run(config, shutdown).await?;
+        let reloads = reload_on_hangup(cli, log_filter)?;
+        berth_agent::daemon::serve(config, shutdown, reloads).await?;
         Ok(())
     })
 }
 
-fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    let (path, required) = match &cli.config {
+/// Re-reads the configuration (file and flags, as at start-up) on every
+/// SIGHUP, applies its log level and hands it to the daemon. A file that
+/// does not load is logged and changes nothing.
+fn reload_on_hangup(
+    cli: Cli,
+    log_filter: LogFilter,
+) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<Config>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let (send, receive) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            match load_config(&cli) {
+                Ok(config) => {
+                    let filter = log_filter_for(&config, cli.log_level.is_some());
+                    if let Err(e) = log_filter.reload(filter) {
+                        tracing::error!(error = %e, "cannot change the log level");
+                    }
+                    if send.send(config).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(
+                    error = %one_line(&e),
+                    "cannot reload the configuration; keeping the running one"
+                ),
+            }
+        }
+    });
+    Ok(receive)
+}
+
+/// The configuration file: `--config` (which must exist) or the default.
+fn config_file(cli: &Cli) -> (PathBuf, bool) {
+    match &cli.config {
         Some(path) => (path.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
-    };
+    }
+}
+
+/// Prints what berthd would run with, and which files it came from.
+fn dump_config(cli: &Cli) -> anyhow::Result<()> {
+    let config = load_config(cli)?;
+    let (path, _) = config_file(cli);
+    let mut sources = Vec::new();
+    if path.exists() {
+        sources.push(path.clone());
+    }
+    sources.extend(Config::drop_ins(&path)?);
+    println!(
+        "# berthd {} effective configuration",
+        env!("CARGO_PKG_VERSION")
+    );
+    for source in &sources {
+        println!("# from {}", source.display());
+    }
+    if sources.is_empty() {
+        println!("# from defaults only ({} is absent)", path.display());
+    }
+    println!();
+    print!("{}", config.to_toml());
+    Ok(())
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let (path, required) = config_file(cli);
     let mut config = Config::load(&path, required)?;
     if let Some(root) = &cli.root {
         config.root = root.clone();
@@ -107,11 +180,33 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Changes the log filter of the running subscriber.
+type LogFilter =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Installs the log subscriber; the filter can be replaced later.
+fn init_logging(config: &Config, level_from_flag: bool) -> LogFilter {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) =
+        tracing_subscriber::reload::Layer::new(log_filter_for(config, level_from_flag));
+    let registry = tracing_subscriber::registry().with(filter);
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => registry.with(layer).init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
+    }
+    handle
+}
+
 /// `--log-level` wins, then RUST_LOG (which takes per-module directives),
 /// then `log.level` from the file.
-fn init_logging(config: &Config, level_from_flag: bool) {
+fn log_filter_for(config: &Config, level_from_flag: bool) -> tracing_subscriber::EnvFilter {
     use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
+    match std::env::var("RUST_LOG") {
         Ok(directives) if !level_from_flag && !directives.is_empty() => {
             EnvFilter::try_new(&directives).unwrap_or_else(|e| {
                 eprintln!("berthd: ignoring RUST_LOG={directives:?}: {e}");
@@ -119,15 +214,6 @@ fn init_logging(config: &Config, level_from_flag: bool) {
             })
         }
         _ => EnvFilter::new(&config.log.level),
-    };
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -17,13 +17,17 @@ use crate::sandbox::{SandboxRecord, Sandboxes};
 use crate::store::{Store, Table};
 use crate::Result;
 use berth_proto::cri::v1::ContainerEventType;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// The state of one berthd.
 #[derive(Debug)]
 pub struct Runtime {
-    /// The configuration read at start-up; never changes.
+    /// The configuration read at start-up; never changes. What a reload
+    /// (SIGHUP) may change is read through [`Runtime::effective_config`].
     pub config: Config,
+    /// The configuration in effect: `config` with the keys of the last
+    /// reload applied ([`crate::reload`]). Swapped whole, never held.
+    effective: RwLock<Arc<Config>>,
     /// The metadata store. Written only through the tables of `sandboxes`
     /// and `containers`, which write their records through to it.
     pub store: Store,
@@ -75,6 +79,7 @@ impl Runtime {
         })
         .await?;
         Ok(Self {
+            effective: RwLock::new(Arc::new(config.clone())),
             config,
             store,
             cgroup_layout,
@@ -84,6 +89,24 @@ impl Runtime {
             containers,
             events: Events::default(),
         })
+    }
+
+    /// The configuration in effect now: the start-up one with the keys of
+    /// the last reload applied. The CNI directory and anything else a
+    /// reload may change are read from here.
+    pub fn effective_config(&self) -> Arc<Config> {
+        self.effective
+            .read()
+            .expect("config lock is never poisoned")
+            .clone()
+    }
+
+    /// Replaces the configuration in effect (by [`crate::reload::apply`]).
+    pub(crate) fn set_effective_config(&self, config: Arc<Config>) {
+        *self
+            .effective
+            .write()
+            .expect("config lock is never poisoned") = config;
     }
 
     /// Runs `write` on the blocking pool: store commits fsync, and an async

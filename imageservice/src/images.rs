@@ -33,7 +33,7 @@ use berth_snapshotter::{apply_layer, FsUsage, Kind, Snapshotter};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 
@@ -60,6 +60,29 @@ pub struct ImagesConfig {
     pub keep_layer_blobs: bool,
 }
 
+/// Logs every malformed `hosts.toml` under `hosts_dir`: pulls from that
+/// registry fail until it is fixed.
+async fn report_malformed_hosts(hosts_dir: Option<PathBuf>) -> Result<()> {
+    let hosts = crate::hosts::Hosts::new(hosts_dir);
+    for error in blocking(move || Ok(hosts.check_all())).await? {
+        tracing::error!(error = %error, "malformed registry hosts file: pulls from that registry fail until it is fixed");
+    }
+    Ok(())
+}
+
+/// Image names as records hold them (`docker.io/library/x:latest`); a
+/// name that does not parse is kept as written.
+fn canonical_names(names: &[String]) -> HashSet<String> {
+    names
+        .iter()
+        .map(|name| {
+            name.parse::<Reference>()
+                .map(|r| canonical_name(&r))
+                .unwrap_or_else(|_| name.clone())
+        })
+        .collect()
+}
+
 /// The outcome of a layer flight, shared with waiting pulls.
 type FlightOutcome = Option<std::result::Result<(), String>>;
 
@@ -69,10 +92,15 @@ pub struct Images {
     content: Store,
     snapshotter: Arc<Snapshotter>,
     records: Arc<ImageStore>,
-    client: Client,
+    /// Replaced whole by [`Images::reload`]; a pull keeps the client it
+    /// started with.
+    client: RwLock<Client>,
+    /// The registry settings `client` was made with, for [`Images::reload`].
+    client_config: ClientConfig,
     downloads: Arc<Semaphore>,
     flights: Arc<Mutex<HashMap<String, watch::Receiver<FlightOutcome>>>>,
-    pinned: HashSet<String>,
+    /// Canonical names; replaced by [`Images::reload`].
+    pinned: RwLock<HashSet<String>>,
     keep_layer_blobs: bool,
     /// Chain IDs that pulls in progress stand on: garbage collection keeps
     /// them although no image record names them yet.
@@ -95,32 +123,21 @@ impl Images {
             Ok((snapshotter, records))
         })
         .await?;
-        let hosts = crate::hosts::Hosts::new(config.hosts_dir.clone());
-        for error in blocking(move || Ok(hosts.check_all())).await? {
-            tracing::error!(error = %error, "malformed registry hosts file: pulls from that registry fail until it is fixed");
-        }
-        let client = Client::new(ClientConfig {
+        report_malformed_hosts(config.hosts_dir.clone()).await?;
+        let client_config = ClientConfig {
             hosts_dir: config.hosts_dir.clone(),
             stall_timeout: config.stall_timeout,
             ..ClientConfig::default()
-        });
-        let pinned = config
-            .pinned
-            .iter()
-            .map(|name| {
-                name.parse::<Reference>()
-                    .map(|r| canonical_name(&r))
-                    .unwrap_or_else(|_| name.clone())
-            })
-            .collect();
+        };
         let images = Images {
             content,
             snapshotter: Arc::new(snapshotter),
             records: Arc::new(records),
-            client,
+            client: RwLock::new(Client::new(client_config.clone())),
+            client_config,
             downloads: Arc::new(Semaphore::new(config.max_concurrent_downloads.max(1))),
             flights: Arc::new(Mutex::new(HashMap::new())),
-            pinned,
+            pinned: RwLock::new(canonical_names(&config.pinned)),
             keep_layer_blobs: config.keep_layer_blobs,
             leased: Arc::new(Mutex::new(HashMap::new())),
         };
@@ -152,6 +169,22 @@ impl Images {
         if !removed.is_empty() {
             tracing::info!(snapshots = ?removed, "removed snapshots left by interrupted pulls");
         }
+        Ok(())
+    }
+
+    /// Applies a new hosts directory (`registry.config_path`) and a new
+    /// list of pinned images, as on SIGHUP. Pulls already under way finish
+    /// with the registry settings they started with; later pulls and
+    /// listings see the new ones. A malformed hosts file is logged, as at
+    /// start-up.
+    pub async fn reload(&self, hosts_dir: Option<PathBuf>, pinned: &[String]) -> Result<()> {
+        report_malformed_hosts(hosts_dir.clone()).await?;
+        let client = Client::new(ClientConfig {
+            hosts_dir,
+            ..self.client_config.clone()
+        });
+        *self.client.write().expect("client lock is never poisoned") = client;
+        *self.pinned.write().expect("pinned lock is never poisoned") = canonical_names(pinned);
         Ok(())
     }
 
@@ -214,7 +247,12 @@ impl Images {
             deadline: deadline.map(tokio::time::Instant::from_std),
             ..PullOptions::default()
         };
-        let session = self.client.session(&reference, options).await?;
+        let client = self
+            .client
+            .read()
+            .expect("client lock is never poisoned")
+            .clone();
+        let session = client.session(&reference, options).await?;
         let top = session.resolve().await?;
         let mut blobs = vec![top.digest.to_string()];
         let mut descriptor = top.clone();
@@ -525,7 +563,8 @@ impl Images {
 
     /// Whether the config names the image as pinned.
     pub fn is_pinned(&self, record: &ImageRecord) -> bool {
-        record.names().any(|name| self.pinned.contains(name))
+        let pinned = self.pinned.read().expect("pinned lock is never poisoned");
+        record.names().any(|name| pinned.contains(name))
     }
 
     /// The parsed config of an image.

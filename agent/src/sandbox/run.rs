@@ -42,7 +42,8 @@ pub async fn run(state: &Arc<Runtime>, request: cri::RunPodSandboxRequest) -> Re
     let network = if host_network {
         None
     } else {
-        let cni = &state.config.cni;
+        let config = state.effective_config();
+        let cni = &config.cni;
         Some(
             cni_config::load_network(&cni.conf_dir, &cni.bin_dirs)
                 .map_err(SandboxError::NetworkNotReady)?,

@@ -28,26 +28,26 @@ pub(super) fn status(state: &Runtime, verbose: bool) -> cri::StatusResponse {
         reason: String::new(),
         message: String::new(),
     };
-    let network_ready =
-        match cni_config::load_network(&state.config.cni.conf_dir, &state.config.cni.bin_dirs) {
-            Ok(_) => cri::RuntimeCondition {
-                r#type: "NetworkReady".to_owned(),
-                status: true,
-                reason: String::new(),
-                message: String::new(),
-            },
-            Err(e) => cri::RuntimeCondition {
-                r#type: "NetworkReady".to_owned(),
-                status: false,
-                reason: "NetworkPluginNotReady".to_owned(),
-                message: format!("network plugin is not ready: {e}"),
-            },
-        };
+    let config = state.effective_config();
+    let network_ready = match cni_config::load_network(&config.cni.conf_dir, &config.cni.bin_dirs) {
+        Ok(_) => cri::RuntimeCondition {
+            r#type: "NetworkReady".to_owned(),
+            status: true,
+            reason: String::new(),
+            message: String::new(),
+        },
+        Err(e) => cri::RuntimeCondition {
+            r#type: "NetworkReady".to_owned(),
+            status: false,
+            reason: "NetworkPluginNotReady".to_owned(),
+            message: format!("network plugin is not ready: {e}"),
+        },
+    };
     let mut info = HashMap::new();
     if verbose {
         info.insert(
             "config".to_owned(),
-            serde_json::to_string(&state.config).expect("the config is plain data"),
+            serde_json::to_string(&*config).expect("the config is plain data"),
         );
         info.insert(
             "cgroupLayout".to_owned(),

@@ -1,0 +1,383 @@
+//! Operating a node's berthd: SIGHUP reloads the configuration of a
+//! running daemon without losing its pods, containers or socket.
+
+use berth_e2e::{
+    berthd_binary, ensure, wait_until, Berthd, BerthdOptions, Registry, Suite, TestResult,
+};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The image of the container tests, served by the loopback registry.
+const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+/// What berthd logs once it has applied a reload.
+const RELOADED: &str = "reloaded the configuration";
+
+fn main() {
+    let mut suite = Suite::new();
+    suite.run(
+        "config_dump_merges_drop_ins_and_flags",
+        config_dump_merges_drop_ins_and_flags,
+    );
+    suite.run(
+        "sighup_with_a_broken_file_keeps_the_running_config",
+        sighup_with_a_broken_file_keeps_the_running_config,
+    );
+    let registry = Registry::start_or_report(Some("e2e-test-images/busybox"));
+    let mirrors = registry.as_ref().map(Registry::mirrors_dir);
+    suite.run("sighup_reloads_without_losing_anything", || {
+        sighup_reloads_without_losing_anything(mirrors.as_deref().ok_or("no registry")?)
+    });
+    drop(registry);
+    suite.finish();
+}
+
+/// Edits the daemon's config file: `edit` gets it as a TOML table.
+fn edit_config(berthd: &Berthd, edit: impl FnOnce(&mut toml::Table)) -> TestResult {
+    let path = berthd.config_path();
+    let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+    let mut table: toml::Table = text.parse().map_err(|e| format!("config: {e}"))?;
+    edit(&mut table);
+    std::fs::write(&path, table.to_string()).map_err(|e| e.to_string())
+}
+
+/// Sets `table.key` (creating the table) to `value`.
+fn set(config: &mut toml::Table, table: &str, key: &str, value: impl Into<toml::Value>) {
+    let entry = config
+        .entry(table)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(t) = entry {
+        t.insert(key.to_owned(), value.into());
+    }
+}
+
+fn path_value(path: &Path) -> toml::Value {
+    toml::Value::String(path.to_string_lossy().into_owned())
+}
+
+/// Sends SIGHUP and waits until the daemon has logged its `count`th
+/// outcome matching `done`.
+fn hangup(berthd: &Berthd, done: &str, count: usize) -> TestResult {
+    let pid = berthd.pid().ok_or("berthd is not running")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .map_err(|e| format!("kill -HUP {pid}: {e}"))?;
+    let applied = wait_until(Duration::from_secs(20), || {
+        berthd.log().matches(done).count() >= count
+    });
+    ensure(applied, || {
+        format!("no {count}th {done:?} after SIGHUP:\n{}", berthd.log())
+    })
+}
+
+/// The identity of the socket file: the same inode is the same bind.
+fn socket_inode(berthd: &Berthd) -> Result<u64, String> {
+    std::fs::metadata(berthd.socket())
+        .map(|m| m.ino())
+        .map_err(|e| format!("socket: {e}"))
+}
+
+/// A CRI call that fails with NotFound naming `probe`; the request layer
+/// logs it at debug level only.
+fn probe(berthd: &Berthd, probe: &str) -> TestResult {
+    let out = berthd.crictl(&["inspect", probe])?;
+    ensure(!out.status.success(), || {
+        format!("crictl inspect {probe} succeeded")
+    })
+}
+
+fn still_serving(berthd: &Berthd, pid: u32, inode: u64) -> TestResult {
+    ensure(berthd.pid() == Some(pid), || {
+        "berthd was restarted".to_owned()
+    })?;
+    ensure(Path::new(&format!("/proc/{pid}")).exists(), || {
+        format!("berthd died:\n{}", berthd.log())
+    })?;
+    ensure(socket_inode(berthd)? == inode, || {
+        "the socket was bound again".to_owned()
+    })?;
+    berthd.crictl_ok(&["version"]).map(drop)
+}
+
+fn sighup_with_a_broken_file_keeps_the_running_config() -> TestResult {
+    let berthd = Berthd::start(BerthdOptions::default())?;
+    let outcome = (|| {
+        let pid = berthd.pid().ok_or("berthd is not running")?;
+        let inode = socket_inode(&berthd)?;
+        let good = std::fs::read_to_string(berthd.config_path()).map_err(|e| e.to_string())?;
+        let broken = good.replace("level = \"debug\"", "levle = \"debug\"");
+        ensure(broken != good, || format!("no log.level in {good}"))?;
+        std::fs::write(berthd.config_path(), broken).map_err(|e| e.to_string())?;
+        hangup(&berthd, "cannot reload the configuration", 1)?;
+        let log = berthd.log();
+        ensure(log.contains("log.levle"), || {
+            format!("the error does not name the key:\n{log}")
+        })?;
+        ensure(!log.contains(RELOADED), || log.clone())?;
+        still_serving(&berthd, pid, inode)
+    })();
+    outcome.and(berthd.stop())
+}
+
+fn sighup_reloads_without_losing_anything(mirrors: &Path) -> TestResult {
+    let mut berthd = Berthd::start(BerthdOptions::default())?;
+    let outcome = reloads(&mut berthd, mirrors);
+    let cleaned = berthd.crictl_ok(&["rmp", "--all", "--force"]).map(drop);
+    outcome.and(cleaned).and(berthd.stop())
+}
+
+fn reloads(berthd: &mut Berthd, mirrors: &Path) -> TestResult {
+    let pid = berthd.pid().ok_or("berthd is not running")?;
+    let inode = socket_inode(berthd)?;
+    let original_cni = {
+        let text = std::fs::read_to_string(berthd.config_path()).map_err(|e| e.to_string())?;
+        let table: toml::Table = text.parse().map_err(|e| format!("config: {e}"))?;
+        PathBuf::from(table["cni"]["conf_dir"].as_str().ok_or("no cni.conf_dir")?)
+    };
+
+    // Without mirrors the upstream registry is unreachable.
+    let pulled = berthd.crictl(&["pull", BUSYBOX])?;
+    ensure(!pulled.status.success(), || {
+        "pulled without mirrors".to_owned()
+    })?;
+    probe(berthd, "probe-before-info")?;
+
+    // Mirrors, pinned images and the log level apply; the message size
+    // needs a restart and is said to.
+    edit_config(berthd, |config| {
+        set(config, "log", "level", "info");
+        set(config, "registry", "config_path", path_value(mirrors));
+        set(
+            config,
+            "image",
+            "pinned_images",
+            toml::Value::Array(vec![BUSYBOX.into()]),
+        );
+        set(config, "grpc", "max_message_size", 32 * 1024 * 1024);
+    })?;
+    hangup(berthd, RELOADED, 1)?;
+    let log = berthd.log();
+    ensure(
+        log.contains("grpc.max_message_size") && log.contains("restart"),
+        || format!("the key needing a restart is not named:\n{log}"),
+    )?;
+    berthd.crictl_ok(&["pull", BUSYBOX])?;
+    let images: serde_json::Value =
+        serde_json::from_str(&berthd.crictl_ok(&["images", "-o", "json"])?)
+            .map_err(|e| e.to_string())?;
+    let busybox = images["images"]
+        .as_array()
+        .and_then(|all| {
+            all.iter().find(|i| {
+                i["repoTags"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|t| t == BUSYBOX))
+            })
+        })
+        .ok_or_else(|| format!("{BUSYBOX} is not listed: {images}"))?;
+    ensure(busybox["pinned"] == true, || {
+        format!("not pinned: {busybox}")
+    })?;
+
+    // A pod and a container run across the next reload.
+    let pod_config = write_json(
+        berthd,
+        "pod.json",
+        serde_json::json!({
+            "metadata": {"name": "reload", "namespace": "berth-e2e", "uid": "uid-reload", "attempt": 0},
+            "log_directory": berthd.dir().join("logs"),
+            "linux": {}
+        }),
+    )?;
+    let pod = berthd.crictl_ok(&["runp", &pod_config])?.trim().to_owned();
+    let container_config = write_json(
+        berthd,
+        "container.json",
+        serde_json::json!({
+            "metadata": {"name": "sleeper"},
+            "image": {"image": BUSYBOX},
+            "command": ["sleep", "1000"],
+            "log_path": "sleeper.log",
+            "linux": {}
+        }),
+    )?;
+    let container = berthd
+        .crictl_ok(&["create", &pod, &container_config, &pod_config])?
+        .trim()
+        .to_owned();
+    berthd.crictl_ok(&["start", &container])?;
+    let container_pid = running_pid(berthd, &container)?;
+    probe(berthd, "probe-at-info")?;
+
+    // Back to debug, and a CNI directory without a network.
+    let empty_cni = berthd.dir().join("empty-net.d");
+    std::fs::create_dir_all(&empty_cni).map_err(|e| e.to_string())?;
+    edit_config(berthd, |config| {
+        set(config, "log", "level", "debug");
+        set(config, "cni", "conf_dir", path_value(&empty_cni));
+    })?;
+    hangup(berthd, RELOADED, 2)?;
+    probe(berthd, "probe-after-debug")?;
+    let logged = wait_until(Duration::from_secs(10), || {
+        berthd.log().contains("probe-after-debug")
+    });
+    let log = berthd.log();
+    ensure(logged && log.contains("probe-before-info"), || {
+        format!("debug-level failures are not logged at debug:\n{log}")
+    })?;
+    ensure(!log.contains("probe-at-info"), || {
+        format!("a debug-level failure was logged at info:\n{log}")
+    })?;
+    let info: serde_json::Value =
+        serde_json::from_str(&berthd.crictl_ok(&["info"])?).map_err(|e| e.to_string())?;
+    let network = info["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "NetworkReady"))
+        .ok_or_else(|| format!("no NetworkReady: {info}"))?;
+    ensure(
+        network["status"] == false
+            && network["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&*empty_cni.to_string_lossy())),
+        || format!("NetworkReady does not name the new CNI dir: {network}"),
+    )?;
+
+    // Nothing was lost: the same daemon, socket, pod and container.
+    still_serving(berthd, pid, inode)?;
+    ensure(running_pid(berthd, &container)? == container_pid, || {
+        "the container was restarted".to_owned()
+    })?;
+    let pod_status = berthd.crictl_ok(&["inspectp", &pod])?;
+    ensure(pod_status.contains("SANDBOX_READY"), || pod_status.clone())?;
+
+    // The first CNI directory again: pods get a network.
+    edit_config(berthd, |config| {
+        set(config, "cni", "conf_dir", path_value(&original_cni));
+    })?;
+    hangup(berthd, RELOADED, 3)?;
+    let second = write_json(
+        berthd,
+        "pod2.json",
+        serde_json::json!({
+            "metadata": {"name": "after", "namespace": "berth-e2e", "uid": "uid-after", "attempt": 0},
+            "log_directory": berthd.dir().join("logs2"),
+            "linux": {}
+        }),
+    )?;
+    berthd.crictl_ok(&["runp", &second]).map(drop)
+}
+
+fn running_pid(berthd: &Berthd, id: &str) -> Result<u64, String> {
+    let out = berthd.crictl_ok(&["inspect", id])?;
+    let status: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| format!("inspect is not JSON ({e}): {out}"))?;
+    ensure(status["status"]["state"] == "CONTAINER_RUNNING", || {
+        status.to_string()
+    })?;
+    status["info"]["pid"]
+        .as_u64()
+        .filter(|pid| *pid > 0)
+        .ok_or_else(|| format!("no pid: {status}"))
+}
+
+fn write_json(berthd: &Berthd, name: &str, value: serde_json::Value) -> Result<String, String> {
+    let path = berthd.dir().join(name);
+    std::fs::write(&path, value.to_string()).map_err(|e| e.to_string())?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+/// `berthd config dump` with a file, two drop-ins and a flag: a complete
+/// configuration that says where each value came from.
+fn config_dump_merges_drop_ins_and_flags() -> TestResult {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = dir.path().join("config.toml");
+    let drop_ins = dir.path().join("config.d");
+    std::fs::create_dir_all(&drop_ins).map_err(|e| e.to_string())?;
+    let write = |path: PathBuf, text: &str| std::fs::write(path, text).map_err(|e| e.to_string());
+    write(
+        config.clone(),
+        "root = \"/srv/berth\"\n[log]\nlevel = \"warn\"\nformat = \"json\"\n",
+    )?;
+    write(drop_ins.join("20-last.toml"), "[log]\nlevel = \"trace\"\n")?;
+    write(
+        drop_ins.join("10-first.toml"),
+        "[log]\nlevel = \"error\"\n[image]\npinned_images = [\"registry.k8s.io/pause:3.10\"]\n",
+    )?;
+    let output = std::process::Command::new(berthd_binary())
+        .args(["config", "dump", "--config"])
+        .arg(&config)
+        .args(["--socket", "/run/other.sock"])
+        .output()
+        .map_err(|e| format!("cannot run berthd: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    ensure(output.status.success(), || {
+        format!(
+            "berthd config dump failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    let dumped: toml::Table = text
+        .parse()
+        .map_err(|e| format!("dump is not TOML ({e}): {text}"))?;
+    let get = |table: &str, key: &str| dumped.get(table).and_then(|t| t.get(key)).cloned();
+    ensure(
+        dumped.get("root").and_then(toml::Value::as_str) == Some("/srv/berth"),
+        || text.clone(),
+    )?;
+    ensure(
+        get("log", "level").as_ref().and_then(toml::Value::as_str) == Some("trace"),
+        || text.clone(),
+    )?;
+    ensure(
+        get("log", "format").as_ref().and_then(toml::Value::as_str) == Some("json"),
+        || text.clone(),
+    )?;
+    ensure(
+        get("grpc", "socket").as_ref().and_then(toml::Value::as_str) == Some("/run/other.sock"),
+        || text.clone(),
+    )?;
+    ensure(
+        get("image", "pinned_images").is_some_and(|v| v.as_array().is_some_and(|a| a.len() == 1)),
+        || text.clone(),
+    )?;
+    // Defaults are filled in.
+    ensure(
+        get("cni", "conf_dir")
+            .as_ref()
+            .and_then(toml::Value::as_str)
+            == Some("/etc/cni/net.d"),
+        || text.clone(),
+    )?;
+    let first = text.find("10-first.toml");
+    let last = text.find("20-last.toml");
+    ensure(first.is_some() && last.is_some() && first < last, || {
+        format!("the sources are not listed in order: {text}")
+    })?;
+    // The dump is a configuration berthd reads back to the same dump.
+    let again = dir.path().join("again");
+    std::fs::create_dir_all(&again).map_err(|e| e.to_string())?;
+    write(again.join("config.toml"), &text)?;
+    let reread = std::process::Command::new(berthd_binary())
+        .args(["config", "dump", "--config"])
+        .arg(again.join("config.toml"))
+        .output()
+        .map_err(|e| format!("cannot run berthd: {e}"))?;
+    let body = |t: &str| {
+        t.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    ensure(
+        body(&String::from_utf8_lossy(&reread.stdout)) == body(&text),
+        || {
+            format!(
+                "the dump does not read back: {}",
+                String::from_utf8_lossy(&reread.stderr)
+            )
+        },
+    )
+}
