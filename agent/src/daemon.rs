@@ -37,6 +37,7 @@ pub async fn serve(
     mut reloads: tokio::sync::mpsc::UnboundedReceiver<Config>,
 ) -> Result<()> {
     raise_file_limit();
+    report_node_checks(&config);
     for dir in [&config.root, &config.state] {
         create_private_dir(dir)?;
     }
@@ -126,6 +127,21 @@ pub async fn serve(
     drop(socket);
     tracing::info!("berthd stopped");
     served.map_err(Error::from)
+}
+
+/// Runs `berthd doctor`'s checks and logs what is wrong. Nothing here
+/// stops berthd: what it cannot serve shows in `Status` conditions.
+fn report_node_checks(config: &Config) {
+    for finding in crate::doctor::check_all(&crate::doctor::Host::real(), config) {
+        match finding.severity {
+            crate::doctor::Severity::Ok => {
+                tracing::debug!(check = %finding.check, "{}", finding.message)
+            }
+            _ => {
+                tracing::warn!(check = %finding.check, fix = %finding.fix, "node check: {}", finding.message)
+            }
+        }
+    }
 }
 
 /// Applies a reloaded configuration and logs what it changed and what

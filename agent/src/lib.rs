@@ -10,7 +10,7 @@
 //! the cgroup layout and driver, [`network`] pinned namespaces and CNI,
 //! [`sandbox`] pod sandboxes, [`container`] containers and the CRI to OCI
 //! spec translation, [`shim_client`] their shims, [`recovery`] what
-//! start-up repairs, [`reload`] what SIGHUP applies, [`binaries`] where
+//! start-up repairs, [`doctor`] the node checks, [`reload`] what SIGHUP applies, [`binaries`] where
 //! the helper binaries are. Errors
 //! are [`Error`], mapped to gRPC codes in one place (`error.rs`).
 #![deny(unsafe_code)]
@@ -22,6 +22,7 @@ pub mod cgroups;
 pub mod config;
 pub mod container;
 pub mod daemon;
+pub mod doctor;
 mod error;
 pub mod events;
 pub mod failpoint;

@@ -3,6 +3,7 @@
 //! `berthd [--config FILE] [--root DIR] [--state DIR] [--socket PATH]
 //! [--log-level LEVEL]` serves CRI until SIGTERM or SIGINT and re-reads
 //! its configuration on SIGHUP (see `berth_agent::reload`);
+//! `berthd doctor` checks the node;
 //! `berthd config default` prints the default configuration file,
 //! `berthd config dump` the configuration berthd would run with (files,
 //! drop-ins and flags, defaults filled in).
@@ -41,6 +42,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Check the node: kernel, overlayfs, cgroups, namespaces, runtimes, CNI, disk, socket
+    Doctor,
     /// Configuration helpers
     Config {
         #[command(subcommand)]
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Some(Command::Config {
             command: ConfigCommand::Dump,
         }) => dump_config(&cli),
+        Some(Command::Doctor) => return doctor(&cli),
         None => run(cli),
     };
     match result {
@@ -134,6 +138,30 @@ fn config_file(cli: &Cli) -> (PathBuf, bool) {
     match &cli.config {
         Some(path) => (path.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    }
+}
+
+/// Prints every node check with its fix; fails when one finds a problem.
+fn doctor(cli: &Cli) -> ExitCode {
+    use berth_agent::doctor::{check_all, Host, Severity};
+    let config = match load_config(cli) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("berthd: {}", one_line(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let findings = check_all(&Host::real(), &config);
+    for finding in &findings {
+        println!("{finding}");
+    }
+    let count = |severity| findings.iter().filter(|f| f.severity == severity).count();
+    let (problems, warnings) = (count(Severity::Problem), count(Severity::Warning));
+    println!("{problems} problems, {warnings} warnings");
+    if problems > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -1,5 +1,7 @@
 //! Operating a node's berthd: SIGHUP reloads the configuration of a
-//! running daemon without losing its pods, containers or socket.
+//! running daemon without losing its pods, containers or socket;
+//! `berthd config dump` and drop-ins; `berthd doctor` and the start-up
+//! checks that become `Status` conditions.
 
 use berth_e2e::{
     berthd_binary, ensure, wait_until, Berthd, BerthdOptions, Registry, Suite, TestResult,
@@ -23,6 +25,14 @@ fn main() {
     suite.run(
         "sighup_with_a_broken_file_keeps_the_running_config",
         sighup_with_a_broken_file_keeps_the_running_config,
+    );
+    suite.run(
+        "doctor_finds_planted_problems_with_fixes",
+        doctor_finds_planted_problems_with_fixes,
+    );
+    suite.run(
+        "a_missing_runtime_is_a_status_condition_not_a_crash",
+        a_missing_runtime_is_a_status_condition_not_a_crash,
     );
     let registry = Registry::start_or_report(Some("e2e-test-images/busybox"));
     let mirrors = registry.as_ref().map(Registry::mirrors_dir);
@@ -380,4 +390,126 @@ fn config_dump_merges_drop_ins_and_flags() -> TestResult {
             )
         },
     )
+}
+
+/// A handler whose runtime is missing, as TOML for a config file.
+const MISSING_RUNC: &str =
+    "\n[runtime.handlers.runc]\nruntime_path = \"/nonexistent/berth-e2e/runc\"\n";
+
+fn doctor_finds_planted_problems_with_fixes() -> TestResult {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let empty_cni = dir.path().join("net.d");
+    std::fs::create_dir_all(&empty_cni).map_err(|e| e.to_string())?;
+    let doctor = |config: &str| -> Result<(bool, String), String> {
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).map_err(|e| e.to_string())?;
+        let output = std::process::Command::new(berthd_binary())
+            .arg("doctor")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .map_err(|e| format!("cannot run berthd doctor: {e}"))?;
+        Ok((
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        ))
+    };
+    let base = format!(
+        "root = \"{}\"\nstate = \"{}\"\n",
+        dir.path().join("root").display(),
+        dir.path().join("state").display()
+    );
+    // This host with the CNI plugins installed and a network: no problem.
+    let good_cni = dir.path().join("good.d");
+    std::fs::create_dir_all(&good_cni).map_err(|e| e.to_string())?;
+    std::fs::write(
+        good_cni.join("10-test.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"test","plugins":[{"type":"bridge","bridge":"berth-doctor0"},{"type":"loopback"}]}"#,
+    )
+    .map_err(|e| e.to_string())?;
+    let (ok, out) = doctor(&format!(
+        "{base}[cni]\nconf_dir = \"{}\"\n",
+        good_cni.display()
+    ))?;
+    ensure(ok && out.contains("0 problems"), || {
+        format!("doctor on a good config:\n{out}")
+    })?;
+    for check in [
+        "kernel",
+        "overlayfs",
+        "cgroups",
+        "runtime runc",
+        "CNI",
+        "disk",
+        "inodes",
+        "socket",
+    ] {
+        ensure(
+            out.lines()
+                .any(|l| l.starts_with("ok") && l.contains(check)),
+            || format!("no ok line for {check}:\n{out}"),
+        )?;
+    }
+    // A missing runtime and no CNI network: each named, each with a fix.
+    let (ok, out) = doctor(&format!(
+        "{base}[cni]\nconf_dir = \"{}\"\n{MISSING_RUNC}",
+        empty_cni.display()
+    ))?;
+    ensure(!ok, || {
+        format!("doctor passed with planted problems:\n{out}")
+    })?;
+    ensure(out.contains("2 problems"), || out.clone())?;
+    ensure(
+        out.contains("/nonexistent/berth-e2e/runc")
+            && out.contains("runtime.handlers.runc.runtime_path"),
+        || format!("the missing runtime is not named with a fix:\n{out}"),
+    )?;
+    ensure(
+        out.contains(&*empty_cni.to_string_lossy())
+            && out.contains("fix: write a network configuration"),
+        || format!("the missing CNI network is not named with a fix:\n{out}"),
+    )?;
+    // A plugin the network names that is not installed.
+    std::fs::write(
+        empty_cni.join("10-net.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"net","plugins":[{"type":"berth-no-such-plugin"}]}"#,
+    )
+    .map_err(|e| e.to_string())?;
+    let (ok, out) = doctor(&format!(
+        "{base}[cni]\nconf_dir = \"{}\"\n",
+        empty_cni.display()
+    ))?;
+    ensure(
+        !ok && out.contains("berth-no-such-plugin") && out.contains("containernetworking-plugins"),
+        || format!("the missing plugin is not named with a fix:\n{out}"),
+    )
+}
+
+fn a_missing_runtime_is_a_status_condition_not_a_crash() -> TestResult {
+    let berthd = Berthd::start(BerthdOptions {
+        extra_config: MISSING_RUNC.to_owned(),
+        ..BerthdOptions::default()
+    })?;
+    let outcome = (|| {
+        let info: serde_json::Value =
+            serde_json::from_str(&berthd.crictl_ok(&["info"])?).map_err(|e| e.to_string())?;
+        let runtime = info["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "RuntimeReady"))
+            .ok_or_else(|| format!("no RuntimeReady: {info}"))?;
+        ensure(
+            runtime["status"] == false
+                && runtime["reason"] == "RuntimeBinaryMissing"
+                && runtime["message"].as_str().is_some_and(|m| {
+                    m.contains("/nonexistent/berth-e2e/runc") && m.contains("fix:")
+                }),
+            || format!("RuntimeReady does not report the missing runtime: {runtime}"),
+        )?;
+        let log = berthd.log();
+        ensure(
+            log.contains("node check") && log.contains("/nonexistent/berth-e2e/runc"),
+            || format!("start-up did not log the problem:\n{log}"),
+        )
+    })();
+    outcome.and(berthd.stop())
 }

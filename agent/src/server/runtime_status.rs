@@ -1,7 +1,7 @@
 //! Version, Status and RuntimeConfig: what the runtime says about itself.
 
 use crate::cgroups::CgroupDriver;
-use crate::network::cni_config;
+use crate::doctor;
 use crate::runtime::Runtime;
 use berth_proto::cri::v1 as cri;
 use std::collections::HashMap;
@@ -22,27 +22,25 @@ pub(super) fn version() -> cri::VersionResponse {
 }
 
 pub(super) fn status(state: &Runtime, verbose: bool) -> cri::StatusResponse {
-    let runtime_ready = cri::RuntimeCondition {
-        r#type: "RuntimeReady".to_owned(),
-        status: true,
-        reason: String::new(),
-        message: String::new(),
-    };
     let config = state.effective_config();
-    let network_ready = match cni_config::load_network(&config.cni.conf_dir, &config.cni.bin_dirs) {
-        Ok(_) => cri::RuntimeCondition {
-            r#type: "NetworkReady".to_owned(),
-            status: true,
-            reason: String::new(),
-            message: String::new(),
-        },
-        Err(e) => cri::RuntimeCondition {
-            r#type: "NetworkReady".to_owned(),
-            status: false,
-            reason: "NetworkPluginNotReady".to_owned(),
-            message: format!("network plugin is not ready: {e}"),
-        },
-    };
+    let findings = doctor::quick(&doctor::Host::real(), &config);
+    let condition =
+        |kind: &str, affects: doctor::Affects| match doctor::condition(&findings, affects) {
+            None => cri::RuntimeCondition {
+                r#type: kind.to_owned(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            Some(problem) => cri::RuntimeCondition {
+                r#type: kind.to_owned(),
+                status: false,
+                reason: problem.reason.to_owned(),
+                message: format!("{} (fix: {})", problem.message, problem.fix),
+            },
+        };
+    let runtime_ready = condition("RuntimeReady", doctor::Affects::Runtime);
+    let network_ready = condition("NetworkReady", doctor::Affects::Network);
     let mut info = HashMap::new();
     if verbose {
         info.insert(
