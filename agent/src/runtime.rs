@@ -33,6 +33,8 @@ pub struct Runtime {
     pub store: Store,
     /// Where the cgroup controllers are mounted; detected at start-up.
     pub cgroup_layout: CgroupLayout,
+    /// Where shims and pod inits run, outside berthd's own cgroup.
+    pub shim_cgroup: crate::cgroups::ShimCgroup,
     /// The cgroup driver of pods and containers; chosen at start-up.
     pub cgroup_driver: CgroupDriver,
     /// Images and the snapshotter, with their own locking; shared with the
@@ -58,6 +60,8 @@ impl Runtime {
     /// can fail at start-up before the CRI socket is bound.
     pub async fn open(config: Config) -> Result<Self> {
         let store = Store::open(&config.root)?;
+        let cgroup_layout = CgroupLayout::detect()?;
+        let shim_cgroup = crate::cgroups::ShimCgroup::prepare(&cgroup_layout);
         let sandboxes = Sandboxes::load(&store, Table::Sandboxes)?;
         let containers = Containers::load(
             &store,
@@ -65,9 +69,9 @@ impl Runtime {
                 agent_socket: config.socket_path(),
                 socket_dir: config.state.join("s"),
                 runtime_root: config.state.join("runc"),
+                cgroup: shim_cgroup.clone(),
             },
         )?;
-        let cgroup_layout = CgroupLayout::detect()?;
         let cgroup_driver = choose_driver(config.cgroup.driver, systemd_running())?;
         let images = berth_imageservice::Images::open(berth_imageservice::ImagesConfig {
             root: config.root.clone(),
@@ -83,6 +87,7 @@ impl Runtime {
             config,
             store,
             cgroup_layout,
+            shim_cgroup,
             cgroup_driver,
             images: Arc::new(images),
             sandboxes,

@@ -1,7 +1,7 @@
 //! Operating a node's berthd: SIGHUP reloads the configuration of a
 //! running daemon without losing its pods, containers or socket;
 //! `berthd config dump` and drop-ins; `berthd doctor` and the start-up
-//! checks that become `Status` conditions.
+//! checks that become `Status` conditions; shims outside berthd's cgroup.
 
 use berth_e2e::{
     berthd_binary, ensure, wait_until, Berthd, BerthdOptions, Registry, Suite, TestResult,
@@ -38,6 +38,9 @@ fn main() {
     let mirrors = registry.as_ref().map(Registry::mirrors_dir);
     suite.run("sighup_reloads_without_losing_anything", || {
         sighup_reloads_without_losing_anything(mirrors.as_deref().ok_or("no registry")?)
+    });
+    suite.run("shims_live_outside_berthd_s_cgroup", || {
+        shims_live_outside_berthd_s_cgroup(mirrors.as_deref().ok_or("no registry")?)
     });
     drop(registry);
     suite.finish();
@@ -512,4 +515,143 @@ fn a_missing_runtime_is_a_status_condition_not_a_crash() -> TestResult {
         )
     })();
     outcome.and(berthd.stop())
+}
+
+/// A cgroup of its own in several v1 hierarchies (and the cgroup2 mount of
+/// a hybrid host), as systemd gives a service; removed on drop.
+struct Confinement {
+    dirs: Vec<PathBuf>,
+}
+
+impl Confinement {
+    fn new() -> Result<Self, String> {
+        let name = format!("berth-e2e-confined-{}", std::process::id());
+        let dirs: Vec<PathBuf> = ["pids", "memory", "systemd", "unified"]
+            .iter()
+            .map(|h| Path::new("/sys/fs/cgroup").join(h))
+            .filter(|h| h.join("cgroup.procs").exists())
+            .map(|h| h.join(&name))
+            .collect();
+        ensure(dirs.len() >= 2, || {
+            "fewer than two cgroup hierarchies".to_owned()
+        })?;
+        for dir in &dirs {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        Ok(Self { dirs })
+    }
+
+    fn enter(&self, pid: u32) -> TestResult {
+        for dir in &self.dirs {
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Every process in any of the cgroups.
+    fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .dirs
+            .iter()
+            .flat_map(|dir| {
+                std::fs::read_to_string(dir.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// What systemd's default KillMode does on stop: SIGKILL to all.
+    fn kill_all(&self) {
+        for pid in self.pids() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        wait_until(Duration::from_secs(10), || self.pids().is_empty());
+    }
+}
+
+impl Drop for Confinement {
+    fn drop(&mut self) {
+        self.kill_all();
+        for dir in &self.dirs {
+            if let Err(e) = std::fs::remove_dir(dir) {
+                eprintln!("cannot remove {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+/// berthd confined to a cgroup of its own starts a container; killing
+/// every process of that cgroup (berthd included) leaves the container and
+/// its shim running, and a new berthd takes them over.
+fn shims_live_outside_berthd_s_cgroup(mirrors: &Path) -> TestResult {
+    let confinement = Confinement::new()?;
+    let mut berthd = Berthd::start(BerthdOptions {
+        registry_config_path: Some(mirrors.to_owned()),
+        ..BerthdOptions::default()
+    })?;
+    let outcome = (|| {
+        let pid = berthd.pid().ok_or("berthd is not running")?;
+        confinement.enter(pid)?;
+        berthd.crictl_ok(&["pull", BUSYBOX])?;
+        let pod_config = write_json(
+            &berthd,
+            "pod.json",
+            serde_json::json!({
+                "metadata": {"name": "confined", "namespace": "berth-e2e", "uid": "uid-confined", "attempt": 0},
+                "log_directory": berthd.dir().join("logs"),
+                "linux": {"security_context": {"namespace_options": {"pid": 0}}}
+            }),
+        )?;
+        let pod = berthd.crictl_ok(&["runp", &pod_config])?.trim().to_owned();
+        let container_config = write_json(
+            &berthd,
+            "container.json",
+            serde_json::json!({
+                "metadata": {"name": "survivor"},
+                "image": {"image": BUSYBOX},
+                "command": ["sleep", "1000"],
+                "log_path": "survivor.log",
+                "linux": {}
+            }),
+        )?;
+        let container = berthd
+            .crictl_ok(&["create", &pod, &container_config, &pod_config])?
+            .trim()
+            .to_owned();
+        berthd.crictl_ok(&["start", &container])?;
+        let container_pid = running_pid(&berthd, &container)?;
+        // Only berthd is in its cgroup: the shim, the pod's init and the
+        // container are elsewhere.
+        let confined = confinement.pids();
+        ensure(confined == vec![pid], || {
+            format!("berthd's cgroup holds {confined:?}, berthd is {pid}")
+        })?;
+        berthd.kill9()?;
+        confinement.kill_all();
+        ensure(
+            Path::new(&format!("/proc/{container_pid}")).exists(),
+            || "the container died with berthd's cgroup".to_owned(),
+        )?;
+        berthd.restart()?;
+        ensure(running_pid(&berthd, &container)? == container_pid, || {
+            "the container was not taken over".to_owned()
+        })?;
+        // The shim still answers: exec goes through it.
+        let out = berthd.crictl_ok(&["exec", "-s", &container, "echo", "still here"])?;
+        ensure(out.contains("still here"), || {
+            format!("exec printed {out:?}")
+        })
+    })();
+    let cleaned = berthd.crictl_ok(&["rmp", "--all", "--force"]).map(drop);
+    outcome.and(cleaned).and(berthd.stop())
 }

@@ -246,7 +246,7 @@ async fn make(
         return Err(SandboxError::Abandoned.into());
     }
     if let Some(pidns) = record.namespaces.pid.clone() {
-        record.init_pid = Some(pid_init::start(&record.dir, &pidns).await?);
+        record.init_pid = Some(pid_init::start(&record.dir, &pidns, &state.shim_cgroup).await?);
         failpoint::hit("sandbox-run:after-pid-init");
     }
     if abandoned(client_gone) {
