@@ -89,7 +89,7 @@ cargo test --locked -p berth-e2e --test security
 step "e2e: crash matrix (kill -9 of berthd at each step of CreateContainer and RunPodSandbox)"
 cargo test --locked -p berth-e2e --test crash
 
-step "e2e: operations (SIGHUP reload with containers running)"
+step "e2e: operations (SIGHUP reload, config dump, doctor, shims outside berthd's cgroup, install-node.sh, sd_notify)"
 cargo test --locked -p berth-e2e --test ops
 
 step "benchmarks, short smoke run (fails on an n/a: containerd's, or berth's for a figure docs/benchmarks.json has)"

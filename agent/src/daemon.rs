@@ -108,8 +108,11 @@ pub async fn serve(
         )
         .serve_with_incoming_shutdown(lenient(UnixIncoming::new(listener, "CRI socket")), {
             let state = state.clone();
+            // The socket is bound and recovery has run: calls are answered.
+            crate::notify::tell_systemd("READY=1");
             async move {
                 shutdown.await;
+                crate::notify::tell_systemd("STOPPING=1");
                 // Event streams never end by themselves; the graceful
                 // shutdown waits for every open call.
                 state.events.close();

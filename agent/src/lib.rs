@@ -10,7 +10,7 @@
 //! the cgroup layout and driver, [`network`] pinned namespaces and CNI,
 //! [`sandbox`] pod sandboxes, [`container`] containers and the CRI to OCI
 //! spec translation, [`shim_client`] their shims, [`recovery`] what
-//! start-up repairs, [`doctor`] the node checks, [`reload`] what SIGHUP applies, [`binaries`] where
+//! start-up repairs, [`doctor`] the node checks, [`notify`] sd_notify, [`reload`] what SIGHUP applies, [`binaries`] where
 //! the helper binaries are. Errors
 //! are [`Error`], mapped to gRPC codes in one place (`error.rs`).
 #![deny(unsafe_code)]
@@ -29,6 +29,7 @@ pub mod failpoint;
 pub mod memory;
 pub mod metrics;
 pub mod network;
+pub mod notify;
 pub mod recovery;
 pub mod reload;
 pub mod runtime;

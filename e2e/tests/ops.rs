@@ -1,10 +1,12 @@
 //! Operating a node's berthd: SIGHUP reloads the configuration of a
 //! running daemon without losing its pods, containers or socket;
 //! `berthd config dump` and drop-ins; `berthd doctor` and the start-up
-//! checks that become `Status` conditions; shims outside berthd's cgroup.
+//! checks that become `Status` conditions; shims outside berthd's cgroup;
+//! `hack/install-node.sh` into a staging root and sd_notify.
 
 use berth_e2e::{
-    berthd_binary, ensure, wait_until, Berthd, BerthdOptions, Registry, Suite, TestResult,
+    berthd_binary, ensure, repo_root, wait_until, Berthd, BerthdOptions, Registry, Suite,
+    TestResult,
 };
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -33,6 +35,14 @@ fn main() {
     suite.run(
         "a_missing_runtime_is_a_status_condition_not_a_crash",
         a_missing_runtime_is_a_status_condition_not_a_crash,
+    );
+    suite.run(
+        "install_node_into_a_staging_root_and_uninstall",
+        install_node_into_a_staging_root_and_uninstall,
+    );
+    suite.run(
+        "systemd_is_told_ready_and_stopping",
+        systemd_is_told_ready_and_stopping,
     );
     let registry = Registry::start_or_report(Some("e2e-test-images/busybox"));
     let mirrors = registry.as_ref().map(Registry::mirrors_dir);
@@ -654,4 +664,193 @@ fn shims_live_outside_berthd_s_cgroup(mirrors: &Path) -> TestResult {
     })();
     let cleaned = berthd.crictl_ok(&["rmp", "--all", "--force"]).map(drop);
     outcome.and(cleaned).and(berthd.stop())
+}
+
+/// Runs `hack/install-node.sh ARGS`; returns its stderr (its notes).
+fn install_node(args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new("bash")
+        .arg(repo_root().join("hack/install-node.sh"))
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run hack/install-node.sh: {e}"))?;
+    let notes = String::from_utf8_lossy(&output.stderr).into_owned();
+    ensure(output.status.success(), || {
+        format!(
+            "hack/install-node.sh {args:?} failed ({}): {notes}",
+            output.status
+        )
+    })?;
+    Ok(notes)
+}
+
+fn install_node_into_a_staging_root_and_uninstall() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let staging = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let root = staging.path().to_string_lossy().into_owned();
+    let binary = berthd_binary();
+    let from = binary
+        .parent()
+        .ok_or("BERTHD has no directory")?
+        .to_string_lossy()
+        .into_owned();
+    let install = ["--destdir", root.as_str(), "--from", from.as_str()];
+    let first = install_node(&install)?;
+    let file = |path: &str| staging.path().join(path.trim_start_matches('/'));
+    let read = |path: &str| std::fs::read_to_string(file(path)).map_err(|e| format!("{path}: {e}"));
+    for binary in ["berthd", "containerd-shim-berth-v2", "berth-init"] {
+        let path = format!("/usr/local/bin/{binary}");
+        let mode = std::fs::metadata(file(&path))
+            .map_err(|e| format!("{path}: {e}"))?
+            .permissions()
+            .mode();
+        ensure(mode & 0o777 == 0o755, || {
+            format!("{path} has mode {mode:o}")
+        })?;
+    }
+    let unit = read("/etc/systemd/system/berth.service")?;
+    for line in [
+        "Type=notify",
+        "ExecStart=/usr/local/bin/berthd",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Delegate=yes",
+        "KillMode=process",
+        "Restart=on-failure",
+        "LimitNOFILE=1048576",
+        "TasksMax=infinity",
+    ] {
+        ensure(unit.lines().any(|l| l == line), || {
+            format!("the unit lacks {line:?}:\n{unit}")
+        })?;
+    }
+    ensure(!unit.contains(&root), || {
+        format!("the unit names the staging root:\n{unit}")
+    })?;
+    ensure(
+        first.contains("installed /etc/systemd/system/berth.service"),
+        || first.clone(),
+    )?;
+    let crictl = read("/etc/crictl.yaml")?;
+    ensure(
+        crictl.contains("runtime-endpoint: unix:///run/berth/berth.sock"),
+        || crictl.clone(),
+    )?;
+    let conflist = read("/etc/cni/net.d/10-berth-bridge.conflist")?;
+    ensure(conflist.contains("\"bridge\""), || conflist.clone())?;
+    // The installed berthd reads the installed config.
+    let config = file("/etc/berth/config.toml");
+    let dumped = std::process::Command::new(file("/usr/local/bin/berthd"))
+        .args(["config", "dump", "--config"])
+        .arg(&config)
+        .output()
+        .map_err(|e| e.to_string())?;
+    ensure(dumped.status.success(), || {
+        String::from_utf8_lossy(&dumped.stderr).into_owned()
+    })?;
+    ensure(file("/etc/berth/config.d").is_dir(), || {
+        "no config.d".to_owned()
+    })?;
+
+    // Idempotent: a second run installs nothing again.
+    let manifest = read("/etc/berth/.install-manifest")?;
+    let second = install_node(&install)?;
+    ensure(!second.contains("installed /"), || {
+        format!("the second run wrote again: {second}")
+    })?;
+    ensure(read("/etc/berth/.install-manifest")? == manifest, || {
+        "the manifest changed".to_owned()
+    })?;
+
+    // An operator's edit and berth's data survive the uninstall.
+    std::fs::write(file("/etc/berth/config.toml"), "[log]\nlevel = \"debug\"\n")
+        .map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(file("/var/lib/berth")).map_err(|e| e.to_string())?;
+    std::fs::write(file("/var/lib/berth/metadata.redb"), "data").map_err(|e| e.to_string())?;
+    let removed = install_node(&["--destdir", &root, "--uninstall"])?;
+    for gone in [
+        "/usr/local/bin/berthd",
+        "/etc/systemd/system/berth.service",
+        "/etc/crictl.yaml",
+        "/etc/cni/net.d/10-berth-bridge.conflist",
+    ] {
+        ensure(!file(gone).exists(), || {
+            format!("{gone} is left: {removed}")
+        })?;
+    }
+    ensure(
+        file("/etc/berth/config.toml").exists()
+            && removed.contains("keeping /etc/berth/config.toml"),
+        || removed.clone(),
+    )?;
+    ensure(file("/var/lib/berth/metadata.redb").exists(), || {
+        "the data was removed".to_owned()
+    })?;
+    install_node(&["--destdir", &root, "--uninstall", "--purge"])?;
+    ensure(!file("/var/lib/berth").exists(), || {
+        "--purge kept the data".to_owned()
+    })?;
+
+    // Existing configs are never replaced.
+    let other = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let other_root = other.path().to_string_lossy().into_owned();
+    let theirs = other.path().join("etc/crictl.yaml");
+    std::fs::create_dir_all(other.path().join("etc/cni/net.d")).map_err(|e| e.to_string())?;
+    std::fs::write(
+        &theirs,
+        "runtime-endpoint: unix:///run/containerd/containerd.sock\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let their_net = other.path().join("etc/cni/net.d/05-theirs.conflist");
+    std::fs::write(&their_net, "{}").map_err(|e| e.to_string())?;
+    install_node(&["--destdir", &other_root, "--from", &from])?;
+    ensure(
+        std::fs::read_to_string(&theirs)
+            .map_err(|e| e.to_string())?
+            .contains("containerd.sock"),
+        || "an existing crictl.yaml was replaced".to_owned(),
+    )?;
+    ensure(
+        !other
+            .path()
+            .join("etc/cni/net.d/10-berth-bridge.conflist")
+            .exists(),
+        || "a network was added beside an existing one".to_owned(),
+    )?;
+    install_node(&["--destdir", &other_root, "--uninstall"])?;
+    ensure(theirs.exists() && their_net.exists(), || {
+        "the uninstall removed the operator's files".to_owned()
+    })
+}
+
+fn systemd_is_told_ready_and_stopping() -> TestResult {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let receive = || -> Result<String, String> {
+        let mut buffer = [0u8; 256];
+        let n = socket
+            .recv(&mut buffer)
+            .map_err(|e| format!("no notification: {e}"))?;
+        Ok(String::from_utf8_lossy(&buffer[..n]).into_owned())
+    };
+    let berthd = Berthd::start(BerthdOptions {
+        env: vec![(
+            "NOTIFY_SOCKET".to_owned(),
+            path.to_string_lossy().into_owned(),
+        )],
+        ..BerthdOptions::default()
+    })?;
+    let ready = receive()?;
+    let answered = berthd.crictl_ok(&["version"]).map(drop);
+    berthd.stop()?;
+    answered?;
+    ensure(ready == "READY=1", || {
+        format!("first notification {ready:?}")
+    })?;
+    let stopping = receive()?;
+    ensure(stopping == "STOPPING=1", || {
+        format!("second notification {stopping:?}")
+    })
 }
