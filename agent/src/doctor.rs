@@ -4,7 +4,7 @@
 //! The same checks run at start-up (logged, never fatal where berthd can
 //! still serve) and, the quick ones, on every CRI `Status` call, which
 //! turns a problem into a false `RuntimeReady` or `NetworkReady` with a
-//! reason and message ([`conditions`]). Host files are read below
+//! reason and message ([`condition`]). Host files are read below
 //! [`Host::proc`] so tests can plant a problem in a temp dir; everything
 //! else (binaries, the root dir's filesystem, sockets) is read for real.
 
