@@ -120,7 +120,10 @@ pub async fn serve(
         })
         .await;
 
+    // Awaited, so that its handle on the runtime (and the store) is gone
+    // when this returns: an in-process restart opens the store again.
     reloader.abort();
+    let _ = reloader.await;
     state.containers.stop_watchers().await;
     let _ = stop_metrics.send(());
     if let Some(task) = metrics_task {
