@@ -110,6 +110,9 @@ pub struct CniConfig {
 pub struct RegistryConfig {
     /// A directory of `<registry-host>/hosts.toml` files, containerd's format.
     pub config_path: PathBuf,
+    /// Node-level credentials (Docker `config.json` format) for pulls that
+    /// bring none; empty: none.
+    pub auth_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,6 +227,7 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             config_path: PathBuf::from("/etc/berth/certs.d"),
+            auth_file: PathBuf::new(),
         }
     }
 }
@@ -265,6 +269,13 @@ impl Default for RuntimeConfig {
 
 /// Log levels `log.level` and `--log-level` accept.
 pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+impl RegistryConfig {
+    /// `auth_file`, unless empty.
+    pub fn auth_file(&self) -> Option<PathBuf> {
+        (!self.auth_file.as_os_str().is_empty()).then(|| self.auth_file.clone())
+    }
+}
 
 impl Config {
     /// Reads `path`, then the drop-in files of [`Config::drop_ins`] over

@@ -2,7 +2,8 @@
 //!
 //! Only what can change under running pods and calls in flight is applied
 //! ([`RELOADABLE`]): the log level (by `main.rs`, which owns the log
-//! subscriber), the registry hosts directory and the pinned images (through
+//! subscriber), the registry hosts directory, the node's registry auth
+//! file and the pinned images (through
 //! [`berth_imageservice::Images::reload`]), and the CNI configuration
 //! directory (read by the next RunPodSandbox and Status). Every other key
 //! that differs is logged as needing a restart and keeps its running value,
@@ -16,9 +17,10 @@ use crate::Result;
 use std::sync::Arc;
 
 /// The keys a reload applies; every other key needs a restart.
-pub const RELOADABLE: [&str; 4] = [
+pub const RELOADABLE: [&str; 5] = [
     "log.level",
     "registry.config_path",
+    "registry.auth_file",
     "cni.conf_dir",
     "image.pinned_images",
 ];
@@ -42,13 +44,13 @@ pub async fn apply(runtime: &Runtime, new: &Config) -> Result<Outcome> {
         applied: changed_keys(&current, &next),
         need_restart: changed_keys(&next, new),
     };
-    if current.registry.config_path != next.registry.config_path
-        || current.image.pinned_images != next.image.pinned_images
+    if current.registry != next.registry || current.image.pinned_images != next.image.pinned_images
     {
         runtime
             .images
             .reload(
                 Some(next.registry.config_path.clone()),
+                next.registry.auth_file(),
                 &next.image.pinned_images,
             )
             .await?;
@@ -64,6 +66,7 @@ fn with_reloadable(current: &Config, new: &Config) -> Config {
     next.registry
         .config_path
         .clone_from(&new.registry.config_path);
+    next.registry.auth_file.clone_from(&new.registry.auth_file);
     next.cni.conf_dir.clone_from(&new.cni.conf_dir);
     next.image
         .pinned_images
@@ -124,6 +127,7 @@ mod tests {
         new.log.level = "debug".to_owned();
         new.cni.conf_dir = PathBuf::from("/etc/cni/other.d");
         new.registry.config_path = PathBuf::from("/etc/berth/mirrors.d");
+        new.registry.auth_file = PathBuf::from("/etc/berth/auth.json");
         new.image.pinned_images = vec!["registry.k8s.io/pause:3.10".to_owned()];
         new.grpc.socket = PathBuf::from("/run/other.sock");
         new.runtime.handlers.remove("crun");
@@ -137,10 +141,11 @@ mod tests {
     }
 
     /// [`RELOADABLE`] in key order.
-    const RELOADABLE_SORTED: [&str; 4] = [
+    const RELOADABLE_SORTED: [&str; 5] = [
         "cni.conf_dir",
         "image.pinned_images",
         "log.level",
+        "registry.auth_file",
         "registry.config_path",
     ];
 

@@ -76,6 +76,7 @@ impl Runtime {
         let images = berth_imageservice::Images::open(berth_imageservice::ImagesConfig {
             root: config.root.clone(),
             hosts_dir: Some(config.registry.config_path.clone()),
+            auth_file: config.registry.auth_file(),
             max_concurrent_downloads: config.image.max_concurrent_downloads,
             stall_timeout: std::time::Duration::from_secs(config.image.stall_timeout_seconds),
             pinned: config.image.pinned_images.clone(),

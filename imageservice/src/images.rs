@@ -49,6 +49,9 @@ pub struct ImagesConfig {
     pub root: PathBuf,
     /// containerd's hosts directory (`registry.config_path`).
     pub hosts_dir: Option<PathBuf>,
+    /// Node-level credentials for pulls that bring none
+    /// (`registry.auth_file`, Docker `config.json` format).
+    pub auth_file: Option<PathBuf>,
     /// Layers downloaded at once per pull.
     pub max_concurrent_downloads: usize,
     /// A download that receives nothing for this long fails.
@@ -126,6 +129,7 @@ impl Images {
         report_malformed_hosts(config.hosts_dir.clone()).await?;
         let client_config = ClientConfig {
             hosts_dir: config.hosts_dir.clone(),
+            auth_file: config.auth_file.clone(),
             stall_timeout: config.stall_timeout,
             ..ClientConfig::default()
         };
@@ -172,15 +176,21 @@ impl Images {
         Ok(())
     }
 
-    /// Applies a new hosts directory (`registry.config_path`) and a new
-    /// list of pinned images, as on SIGHUP. Pulls already under way finish
+    /// Applies a new hosts directory (`registry.config_path`), node auth
+    /// file (`registry.auth_file`) and list of pinned images, as on SIGHUP. Pulls already under way finish
     /// with the registry settings they started with; later pulls and
     /// listings see the new ones. A malformed hosts file is logged, as at
     /// start-up.
-    pub async fn reload(&self, hosts_dir: Option<PathBuf>, pinned: &[String]) -> Result<()> {
+    pub async fn reload(
+        &self,
+        hosts_dir: Option<PathBuf>,
+        auth_file: Option<PathBuf>,
+        pinned: &[String],
+    ) -> Result<()> {
         report_malformed_hosts(hosts_dir.clone()).await?;
         let client = Client::new(ClientConfig {
             hosts_dir,
+            auth_file,
             ..self.client_config.clone()
         });
         *self.client.write().expect("client lock is never poisoned") = client;
