@@ -52,6 +52,9 @@ fn main() {
     suite.run("shims_live_outside_berthd_s_cgroup", || {
         shims_live_outside_berthd_s_cgroup(mirrors.as_deref().ok_or("no registry")?)
     });
+    suite.run("installed_binaries_run_pods_and_containers", || {
+        installed_binaries_run_pods_and_containers(mirrors.as_deref().ok_or("no registry")?)
+    });
     drop(registry);
     suite.finish();
 }
@@ -853,4 +856,84 @@ fn systemd_is_told_ready_and_stopping() -> TestResult {
     ensure(stopping == "STOPPING=1", || {
         format!("second notification {stopping:?}")
     })
+}
+
+/// Restores `$BERTHD` when dropped.
+struct BerthdBinary(Option<std::ffi::OsString>);
+
+impl Drop for BerthdBinary {
+    fn drop(&mut self) {
+        match self.0.take() {
+            Some(path) => std::env::set_var("BERTHD", path),
+            None => std::env::remove_var("BERTHD"),
+        }
+    }
+}
+
+/// What `hack/install-node.sh` put in a staging prefix runs a pod and a
+/// container by itself: the installed berthd finds the installed shim and
+/// berth-init beside it (in a prefix of its own, not the build's).
+fn installed_binaries_run_pods_and_containers(mirrors: &Path) -> TestResult {
+    let staging = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let root = staging.path().to_string_lossy().into_owned();
+    let binary = berthd_binary();
+    let from = binary
+        .parent()
+        .ok_or("BERTHD has no directory")?
+        .to_string_lossy()
+        .into_owned();
+    install_node(&[
+        "--destdir",
+        &root,
+        "--prefix",
+        "/opt/berth",
+        "--from",
+        &from,
+    ])?;
+    let installed = staging.path().join("opt/berth/bin/berthd");
+    let _restore = BerthdBinary(std::env::var_os("BERTHD"));
+    std::env::set_var("BERTHD", &installed);
+    // With the harness's own root, socket, network and mirrors.
+    let berthd = Berthd::start(BerthdOptions {
+        registry_config_path: Some(mirrors.to_owned()),
+        ..BerthdOptions::default()
+    })?;
+    let outcome = (|| {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", berthd.pid().ok_or("not running")?))
+            .map_err(|e| e.to_string())?;
+        ensure(exe == installed, || {
+            format!("the harness ran {}", exe.display())
+        })?;
+        berthd.crictl_ok(&["pull", BUSYBOX])?;
+        let pod_config = write_json(
+            &berthd,
+            "pod.json",
+            serde_json::json!({
+                "metadata": {"name": "installed", "namespace": "berth-e2e", "uid": "uid-installed", "attempt": 0},
+                "log_directory": berthd.dir().join("logs"),
+                "linux": {}
+            }),
+        )?;
+        let pod = berthd.crictl_ok(&["runp", &pod_config])?.trim().to_owned();
+        let container_config = write_json(
+            &berthd,
+            "container.json",
+            serde_json::json!({
+                "metadata": {"name": "app"},
+                "image": {"image": BUSYBOX},
+                "command": ["sleep", "1000"],
+                "log_path": "app.log",
+                "linux": {}
+            }),
+        )?;
+        let container = berthd
+            .crictl_ok(&["create", &pod, &container_config, &pod_config])?
+            .trim()
+            .to_owned();
+        berthd.crictl_ok(&["start", &container])?;
+        running_pid(&berthd, &container).map(drop)
+    })();
+    let cleaned = berthd.crictl_ok(&["rmp", "--all", "--force"]).map(drop);
+    let stopped = berthd.stop();
+    outcome.and(cleaned).and(stopped)
 }
