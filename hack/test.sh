@@ -116,6 +116,9 @@ cargo test --locked -p berth-e2e --test kubelet
 step "e2e: a one-node cluster (etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubelet) driven by kubectl"
 cargo test --locked -p berth-e2e --test cluster
 
+step "e2e: operations (SIGHUP reload, config dump, doctor, shims outside berthd's cgroup, install-node.sh, sd_notify)"
+cargo test --locked -p berth-e2e --test ops
+
 step "benchmarks, short smoke run against containerd 2.4 and 1.6 (fails on an n/a: containerd 2.4's, or berth's for a figure docs/benchmarks.json has)"
 bench_out=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-smoke.XXXXXX")
 BERTHD="$BERTHD" BERTH_LOAD="$BERTH_LOAD" BENCH_OUT="$bench_out/benchmarks" "$REPO/hack/bench/run.sh" --short

@@ -1,9 +1,15 @@
 //! berthd's configuration: one TOML file, every key optional.
 //!
-//! The file is read once at start-up. Unknown keys and bad values stop
+//! The file is read at start-up and again on SIGHUP, which applies the
+//! keys that can change safely (`crate::reload`). Unknown keys and bad values stop
 //! start-up with a message that names the key; `docs/config.md` documents
 //! every key with its default, and `berthd config default` prints them all.
-//! Command-line flags override the file (see `main.rs`).
+//! Drop-in files, `<dir of the file>/config.d/*.toml`, are applied over it
+//! in name order, tables merged key by key (a key set again replaces the
+//! value, a table set again is merged); each file must be valid on its own,
+//! so an error names the file and line that has it. Command-line flags
+//! override the files (see `main.rs`); `berthd config dump` prints the
+//! result.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -12,6 +18,9 @@ use std::path::{Path, PathBuf};
 
 /// Where berthd looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
+
+/// The directory of drop-in files beside the configuration file.
+pub const DROP_IN_DIR: &str = "config.d";
 
 /// The default configuration file with comments, as `berthd config default`
 /// prints it. A test keeps it equal to [`Config::default`].
@@ -29,6 +38,11 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error("cannot read config drop-in directory {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The whole configuration, as the file and the flags leave it.
@@ -128,6 +142,9 @@ impl CniConfig {
 pub struct RegistryConfig {
     /// A directory of `<registry-host>/hosts.toml` files, containerd's format.
     pub config_path: PathBuf,
+    /// Node-level credentials (Docker `config.json` format) for pulls that
+    /// bring none; empty: none.
+    pub auth_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -268,6 +285,7 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             config_path: PathBuf::from("/etc/berth/certs.d"),
+            auth_file: PathBuf::new(),
         }
     }
 }
@@ -319,18 +337,84 @@ impl Default for RuntimeConfig {
 /// Log levels `log.level` and `--log-level` accept.
 pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
+impl RegistryConfig {
+    /// `auth_file`, unless empty.
+    pub fn auth_file(&self) -> Option<PathBuf> {
+        (!self.auth_file.as_os_str().is_empty()).then(|| self.auth_file.clone())
+    }
+}
+
 impl Config {
-    /// Reads `path`. A missing file is an error only when `required`, so
-    /// the default path may be absent while an explicit `--config` may not.
+    /// Reads `path`, then the drop-in files of [`Config::drop_ins`] over
+    /// it. A missing file is an error only when `required`, so the default
+    /// path may be absent while an explicit `--config` may not; drop-ins
+    /// apply either way.
     pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(path, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
-            Err(source) => Err(ConfigError::Read {
-                path: path.to_owned(),
+        let mut merged = match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse_table(path, &text)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => toml::Table::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        for drop_in in Self::drop_ins(path)? {
+            let text = std::fs::read_to_string(&drop_in).map_err(|source| ConfigError::Read {
+                path: drop_in.clone(),
                 source,
-            }),
+            })?;
+            merge_tables(&mut merged, Self::parse_table(&drop_in, &text)?);
         }
+        let config: Self =
+            toml::Value::Table(merged)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: format!("with its drop-ins: {}", e.message().trim()),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The drop-in files of the configuration file `path`:
+    /// `<dir of path>/config.d/*.toml`, in name order. A missing directory
+    /// has none.
+    pub fn drop_ins(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+        let dir = path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(DROP_IN_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(ConfigError::ReadDir { path: dir, source }),
+        };
+        let mut files = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| ConfigError::ReadDir {
+                path: dir.clone(),
+                source,
+            })?;
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
+                files.push(path);
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// Parses one file as a table, after checking that it is a valid
+    /// configuration on its own (so errors name this file and its line).
+    fn parse_table(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: describe_toml_error(text, &e),
+        };
+        toml::from_str::<Self>(text).map_err(parse_error)?;
+        toml::from_str::<toml::Table>(text).map_err(parse_error)
     }
 
     /// Parses TOML text; `path` only names the file in errors.
@@ -482,6 +566,19 @@ impl Config {
     }
 }
 
+/// Applies `over` to `base`: a table present in both is merged key by key,
+/// any other value of `over` replaces the one of `base`.
+pub fn merge_tables(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => merge_tables(base, over),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 /// toml's errors span several lines with a source excerpt; start-up errors
 /// are one line that names the line and the full key (`log.level`).
 fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
@@ -621,6 +718,87 @@ mod tests {
         assert_eq!(config.socket_path(), PathBuf::from("/tmp/s/berth.sock"));
         config.grpc.socket = PathBuf::from("/x.sock");
         assert_eq!(config.socket_path(), PathBuf::from("/x.sock"));
+    }
+
+    /// Writes `config.toml` and its drop-ins into a temp dir.
+    fn write_config(main: Option<&str>, drop_ins: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        if let Some(main) = main {
+            std::fs::write(&path, main).expect("write config");
+        }
+        let drop_in_dir = dir.path().join(DROP_IN_DIR);
+        std::fs::create_dir_all(&drop_in_dir).expect("mkdir config.d");
+        for (name, text) in drop_ins {
+            std::fs::write(drop_in_dir.join(name), text).expect("write drop-in");
+        }
+        (dir, path)
+    }
+
+    #[test]
+    fn drop_ins_apply_in_name_order_and_merge_tables_key_by_key() {
+        let (_dir, path) = write_config(
+            Some("root = \"/a\"\n[log]\nlevel = \"warn\"\nformat = \"json\"\n[cni]\nbin_dirs = [\"/x\", \"/y\"]\n"),
+            &[
+                // Applied last although written first: name order.
+                ("20-debug.toml", "[log]\nlevel = \"debug\"\n"),
+                ("10-root.toml", "root = \"/b\"\n[log]\nlevel = \"error\"\n[cni]\nbin_dirs = [\"/z\"]\n"),
+                ("30-ignored.conf", "this is not toml"),
+                (
+                    "40-kata.toml",
+                    "[runtime.handlers.kata]\nruntime_path = \"/usr/bin/kata-runtime\"\n",
+                ),
+                (
+                    "50-runc.toml",
+                    "[runtime.handlers.runc]\nruntime_path = \"/usr/sbin/runc\"\n",
+                ),
+            ],
+        );
+        let config = Config::load(&path, true).expect("config loads");
+        assert_eq!(config.root, PathBuf::from("/b"));
+        assert_eq!(config.log.level, "debug");
+        // Not set again by any drop-in: kept from the main file.
+        assert_eq!(config.log.format, LogFormat::Json);
+        // Arrays are values: replaced, not appended.
+        assert_eq!(config.cni.bin_dirs, vec![PathBuf::from("/z")]);
+        // Tables merge: both handlers, from two files.
+        let handlers: Vec<_> = config.runtime.handlers.keys().map(String::as_str).collect();
+        assert_eq!(handlers, ["kata", "runc"]);
+        assert_eq!(
+            config.runtime.handlers["runc"].runtime_path,
+            PathBuf::from("/usr/sbin/runc")
+        );
+    }
+
+    #[test]
+    fn drop_ins_apply_without_a_main_file_unless_it_is_required() {
+        let (_dir, path) = write_config(None, &[("10.toml", "[log]\nlevel = \"trace\"\n")]);
+        assert_eq!(
+            Config::load(&path, false).expect("loads").log.level,
+            "trace"
+        );
+        assert!(matches!(
+            Config::load(&path, true),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn a_bad_drop_in_is_named_with_its_line_and_key() {
+        let (_dir, path) = write_config(
+            Some("[log]\nlevel = \"warn\"\n"),
+            &[("10-typo.toml", "\n[cni]\nconf_dri = \"/x\"\n")],
+        );
+        let err = Config::load(&path, true)
+            .expect_err("unknown key")
+            .to_string();
+        assert!(err.contains("10-typo.toml"), "{err}");
+        assert!(err.contains("line 3: key `cni.conf_dri`"), "{err}");
+        let (_dir, path) = write_config(None, &[("10.toml", "[log]\nlevel = \"loud\"\n")]);
+        let err = Config::load(&path, false)
+            .expect_err("bad level")
+            .to_string();
+        assert!(err.contains("log.level"), "{err}");
     }
 
     #[test]

@@ -24,9 +24,22 @@ pub const METRICS_ADDRESS_FILE: &str = "metrics-address";
 /// The file in the state dir that names the bound streaming address.
 pub const STREAMING_ADDRESS_FILE: &str = "streaming-address";
 
-/// Runs berthd until `shutdown` resolves.
+/// Runs berthd until `shutdown` resolves, without reloads.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    let (_keep, reloads) = tokio::sync::mpsc::unbounded_channel();
+    serve(config, shutdown, reloads).await
+}
+
+/// Runs berthd until `shutdown` resolves, applying each configuration
+/// that arrives on `reloads` (re-read on SIGHUP, validated) as
+/// [`crate::reload::apply`] does.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+    mut reloads: tokio::sync::mpsc::UnboundedReceiver<Config>,
+) -> Result<()> {
     raise_file_limit();
+    report_node_checks(&config);
     for dir in [&config.root, &config.state] {
         create_private_dir(dir)?;
     }
@@ -105,6 +118,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         },
     ));
     let service = CriService::new(state.clone(), streaming);
+    let reloader = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            while let Some(new) = reloads.recv().await {
+                report_reload(&state, &new).await;
+            }
+        })
+    };
     tracing::info!(
         socket = %socket.path().display(),
         version = env!("CARGO_PKG_VERSION"),
@@ -125,8 +146,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         )
         .serve_with_incoming_shutdown(lenient(UnixIncoming::new(listener, "CRI socket")), {
             let state = state.clone();
+            // The socket is bound and recovery has run: calls are answered.
+            crate::notify::tell_systemd("READY=1");
             async move {
                 shutdown.await;
+                crate::notify::tell_systemd("STOPPING=1");
                 // Event streams never end by themselves; the graceful
                 // shutdown waits for every open call.
                 state.events.close();
@@ -135,6 +159,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         .await;
 
     collector.stop().await;
+    // Awaited, so that its handle on the runtime (and the store) is gone
+    // when this returns: an in-process restart opens the store again.
+    reloader.abort();
+    let _ = reloader.await;
     state.containers.stop_watchers().await;
     let _ = stop_streaming.send(());
     let _ = streaming_task.await;
@@ -147,6 +175,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     drop(socket);
     tracing::info!("berthd stopped");
     served.map_err(Error::from)
+}
+
+/// Runs `berthd doctor`'s checks and logs what is wrong. Nothing here
+/// stops berthd: what it cannot serve shows in `Status` conditions.
+fn report_node_checks(config: &Config) {
+    for finding in crate::doctor::check_all(&crate::doctor::Host::real(), config) {
+        match finding.severity {
+            crate::doctor::Severity::Ok => {
+                tracing::debug!(check = %finding.check, "{}", finding.message)
+            }
+            _ => {
+                tracing::warn!(check = %finding.check, fix = %finding.fix, "node check: {}", finding.message)
+            }
+        }
+    }
+}
+
+/// Applies a reloaded configuration and logs what it changed and what
+/// waits for a restart.
+async fn report_reload(state: &Runtime, new: &Config) {
+    match crate::reload::apply(state, new).await {
+        Ok(outcome) => {
+            if !outcome.need_restart.is_empty() {
+                tracing::warn!(
+                    keys = ?outcome.need_restart,
+                    "changed config keys take effect only when berthd restarts; they keep their running values"
+                );
+            }
+            tracing::info!(applied = ?outcome.applied, "reloaded the configuration");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot apply the reloaded configuration; keeping the running one")
+        }
+    }
 }
 
 /// Connections whose clients may send the socket path as `:authority`

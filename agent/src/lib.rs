@@ -11,8 +11,9 @@
 //! the cgroup layout and driver, [`network`] pinned namespaces and CNI,
 //! [`sandbox`] pod sandboxes, [`container`] containers and the CRI to OCI
 //! spec translation, [`shim_client`] their shims, [`recovery`] what
-//! start-up repairs, [`binaries`] where the helper binaries are,
-//! [`telemetry`] the OTLP export of tracing spans. Errors
+//! start-up repairs, [`doctor`] the node checks, [`notify`] sd_notify,
+//! [`reload`] what SIGHUP applies, [`binaries`] where the helper binaries
+//! are, [`telemetry`] the OTLP export of tracing spans. Errors
 //! are [`Error`], mapped to gRPC codes in one place (`error.rs`).
 #![deny(unsafe_code)]
 
@@ -23,12 +24,15 @@ pub mod cgroups;
 pub mod config;
 pub mod container;
 pub mod daemon;
+pub mod doctor;
 mod error;
 pub mod events;
 pub mod memory;
 pub mod metrics;
 pub mod network;
+pub mod notify;
 pub mod recovery;
+pub mod reload;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;

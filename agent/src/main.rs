@@ -1,8 +1,12 @@
 //! berthd: the berth CRI node agent.
 //!
 //! `berthd [--config FILE] [--root DIR] [--state DIR] [--socket PATH]
-//! [--log-level LEVEL]` serves CRI until SIGTERM or SIGINT;
-//! `berthd config default` prints the default configuration file.
+//! [--log-level LEVEL]` serves CRI until SIGTERM or SIGINT and re-reads
+//! its configuration on SIGHUP (see `berth_agent::reload`);
+//! `berthd doctor` checks the node;
+//! `berthd config default` prints the default configuration file,
+//! `berthd config dump` the configuration berthd would run with (files,
+//! drop-ins and flags, defaults filled in).
 
 use anyhow::Context;
 use berth_agent::config::{Config, LogFormat, DEFAULT_CONFIG_PATH, LOG_LEVELS};
@@ -18,19 +22,19 @@ use std::process::ExitCode;
 )]
 struct Cli {
     /// Configuration file [default: /etc/berth/config.toml, if present]
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Persistent data directory (overrides `root`)
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     root: Option<PathBuf>,
     /// Volatile state directory (overrides `state`)
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     state: Option<PathBuf>,
     /// CRI socket path (overrides `grpc.socket`)
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     socket: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace (overrides `log.level` and RUST_LOG)
-    #[arg(long, value_name = "LEVEL", value_parser = clap::builder::PossibleValuesParser::new(LOG_LEVELS))]
+    #[arg(long, value_name = "LEVEL", global = true, value_parser = clap::builder::PossibleValuesParser::new(LOG_LEVELS))]
     log_level: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -38,6 +42,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Check the node: kernel, overlayfs, cgroups, namespaces, runtimes, CNI, disk, socket
+    Doctor,
     /// Configuration helpers
     Config {
         #[command(subcommand)]
@@ -49,18 +55,26 @@ enum Command {
 enum ConfigCommand {
     /// Print the default configuration file, every key with its default
     Default,
+    /// Print the effective configuration (file, drop-ins, flags; defaults filled in) as TOML
+    Dump,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Config {
-        command: ConfigCommand::Default,
-    }) = cli.command
-    {
-        print!("{}", berth_agent::config::DEFAULT_CONFIG_TOML);
-        return ExitCode::SUCCESS;
-    }
-    match run(cli) {
+    let result = match cli.command {
+        Some(Command::Config {
+            command: ConfigCommand::Default,
+        }) => {
+            print!("{}", berth_agent::config::DEFAULT_CONFIG_TOML);
+            Ok(())
+        }
+        Some(Command::Config {
+            command: ConfigCommand::Dump,
+        }) => dump_config(&cli),
+        Some(Command::Doctor) => return doctor(&cli),
+        None => run(cli),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, naming the problem: start-up errors are read by people.
@@ -77,14 +91,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let export = {
+    let (log_filter, export) = {
         // The span exporter's gRPC channel is made inside the runtime.
         let _runtime = runtime.enter();
         init_logging(&config, cli.log_level.is_some())?
     };
     let served = runtime.block_on(async {
         let shutdown = shutdown_signal()?;
-        berth_agent::daemon::run(config, shutdown).await?;
+        let reloads = reload_on_hangup(cli, log_filter)?;
+        berth_agent::daemon::serve(config, shutdown, reloads).await?;
         Ok(())
     });
     if let Some(export) = export {
@@ -93,11 +108,97 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     served
 }
 
-fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    let (path, required) = match &cli.config {
+/// Re-reads the configuration (file and flags, as at start-up) on every
+/// SIGHUP, applies its log level and hands it to the daemon. A file that
+/// does not load is logged and changes nothing.
+fn reload_on_hangup(
+    cli: Cli,
+    log_filter: LogFilter,
+) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<Config>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let (send, receive) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            match load_config(&cli) {
+                Ok(config) => {
+                    let filter = log_filter_for(&config, cli.log_level.is_some());
+                    if let Err(e) = log_filter.reload(filter) {
+                        tracing::error!(error = %e, "cannot change the log level");
+                    }
+                    if send.send(config).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(
+                    error = %one_line(&e),
+                    "cannot reload the configuration; keeping the running one"
+                ),
+            }
+        }
+    });
+    Ok(receive)
+}
+
+/// The configuration file: `--config` (which must exist) or the default.
+fn config_file(cli: &Cli) -> (PathBuf, bool) {
+    match &cli.config {
         Some(path) => (path.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    }
+}
+
+/// Prints every node check with its fix; fails when one finds a problem.
+fn doctor(cli: &Cli) -> ExitCode {
+    use berth_agent::doctor::{check_all, Host, Severity};
+    let config = match load_config(cli) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("berthd: {}", one_line(&e));
+            return ExitCode::FAILURE;
+        }
     };
+    let findings = check_all(&Host::real(), &config);
+    for finding in &findings {
+        println!("{finding}");
+    }
+    let count = |severity| findings.iter().filter(|f| f.severity == severity).count();
+    let (problems, warnings) = (count(Severity::Problem), count(Severity::Warning));
+    println!("{problems} problems, {warnings} warnings");
+    if problems > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Prints what berthd would run with, and which files it came from.
+fn dump_config(cli: &Cli) -> anyhow::Result<()> {
+    let config = load_config(cli)?;
+    let (path, _) = config_file(cli);
+    let mut sources = Vec::new();
+    if path.exists() {
+        sources.push(path.clone());
+    }
+    sources.extend(Config::drop_ins(&path)?);
+    println!(
+        "# berthd {} effective configuration",
+        env!("CARGO_PKG_VERSION")
+    );
+    for source in &sources {
+        println!("# from {}", source.display());
+    }
+    if sources.is_empty() {
+        println!("# from defaults only ({} is absent)", path.display());
+    }
+    println!();
+    print!("{}", config.to_toml());
+    Ok(())
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let (path, required) = config_file(cli);
     let mut config = Config::load(&path, required)?;
     if let Some(root) = &cli.root {
         config.root = root.clone();
@@ -115,26 +216,23 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// `--log-level` wins, then RUST_LOG (which takes per-module directives),
-/// then `log.level` from the file. The level filters the log only: the
-/// OTLP export, when configured, takes berth's spans whatever the level.
+/// Changes the log filter of the running subscriber.
+type LogFilter =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Installs the log subscriber; its filter can be replaced later (SIGHUP).
+/// The filter applies to the log only: the OTLP export, when configured,
+/// takes berth's spans whatever the level.
 fn init_logging(
     config: &Config,
     level_from_flag: bool,
-) -> anyhow::Result<Option<berth_agent::telemetry::Export>> {
+) -> anyhow::Result<(LogFilter, Option<berth_agent::telemetry::Export>)> {
+    use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{EnvFilter, Layer, Registry};
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !level_from_flag && !directives.is_empty() => {
-            EnvFilter::try_new(&directives).unwrap_or_else(|e| {
-                eprintln!("berthd: ignoring RUST_LOG={directives:?}: {e}");
-                EnvFilter::new(&config.log.level)
-            })
-        }
-        _ => EnvFilter::new(&config.log.level),
-    };
-    use std::io::IsTerminal;
+    use tracing_subscriber::{Layer, Registry};
+    let (filter, handle) =
+        tracing_subscriber::reload::Layer::new(log_filter_for(config, level_from_flag));
     let log = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
@@ -151,7 +249,22 @@ fn init_logging(
         None => None,
     };
     tracing_subscriber::registry().with(layers).init();
-    Ok(export)
+    Ok((handle, export))
+}
+
+/// `--log-level` wins, then RUST_LOG (which takes per-module directives),
+/// then `log.level` from the file.
+fn log_filter_for(config: &Config, level_from_flag: bool) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    match std::env::var("RUST_LOG") {
+        Ok(directives) if !level_from_flag && !directives.is_empty() => {
+            EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+                eprintln!("berthd: ignoring RUST_LOG={directives:?}: {e}");
+                EnvFilter::new(&config.log.level)
+            })
+        }
+        _ => EnvFilter::new(&config.log.level),
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

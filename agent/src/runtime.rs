@@ -21,18 +21,24 @@ use crate::stats::StatsCache;
 use crate::store::{Store, Table};
 use crate::Result;
 use berth_proto::cri::v1::ContainerEventType;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// The state of one berthd.
 #[derive(Debug)]
 pub struct Runtime {
-    /// The configuration read at start-up; never changes.
+    /// The configuration read at start-up; never changes. What a reload
+    /// (SIGHUP) may change is read through [`Runtime::effective_config`].
     pub config: Config,
+    /// The configuration in effect: `config` with the keys of the last
+    /// reload applied ([`crate::reload`]). Swapped whole, never held.
+    effective: RwLock<Arc<Config>>,
     /// The metadata store. Written only through the tables of `sandboxes`
     /// and `containers`, which write their records through to it.
     pub store: Store,
     /// Where the cgroup controllers are mounted; detected at start-up.
     pub cgroup_layout: CgroupLayout,
+    /// Where shims and pod inits run, outside berthd's own cgroup.
+    pub shim_cgroup: crate::cgroups::ShimCgroup,
     /// The cgroup driver of pods and containers; chosen at start-up.
     pub cgroup_driver: CgroupDriver,
     /// Images and the snapshotter, with their own locking; shared with the
@@ -66,6 +72,8 @@ impl Runtime {
     /// can fail at start-up before the CRI socket is bound.
     pub async fn open(config: Config) -> Result<Self> {
         let store = Store::open(&config.root)?;
+        let cgroup_layout = CgroupLayout::detect()?;
+        let shim_cgroup = crate::cgroups::ShimCgroup::prepare(&cgroup_layout);
         let sandboxes = Sandboxes::load(&store, Table::Sandboxes)?;
         let pod_cidrs = PodCidrs::load(&store)?;
         let containers = Containers::load(
@@ -77,13 +85,14 @@ impl Runtime {
                 runtime_timeout: std::time::Duration::from_secs(
                     config.runtime.command_timeout_seconds,
                 ),
+                cgroup: shim_cgroup.clone(),
             },
         )?;
-        let cgroup_layout = CgroupLayout::detect()?;
         let cgroup_driver = choose_driver(config.cgroup.driver, systemd_running())?;
         let images = berth_imageservice::Images::open(berth_imageservice::ImagesConfig {
             root: config.root.clone(),
             hosts_dir: Some(config.registry.config_path.clone()),
+            auth_file: config.registry.auth_file(),
             max_concurrent_downloads: config.image.max_concurrent_downloads,
             stall_timeout: std::time::Duration::from_secs(config.image.stall_timeout_seconds),
             pinned: config.image.pinned_images.clone(),
@@ -94,9 +103,11 @@ impl Runtime {
             config.stats.collect_period_ms,
         ));
         Ok(Self {
+            effective: RwLock::new(Arc::new(config.clone())),
             config,
             store,
             cgroup_layout,
+            shim_cgroup,
             cgroup_driver,
             images: Arc::new(images),
             sandboxes,
@@ -106,6 +117,24 @@ impl Runtime {
             metrics: Arc::new(Metrics::new()),
             pod_cidrs,
         })
+    }
+
+    /// The configuration in effect now: the start-up one with the keys of
+    /// the last reload applied. The CNI directory and anything else a
+    /// reload may change are read from here.
+    pub fn effective_config(&self) -> Arc<Config> {
+        self.effective
+            .read()
+            .expect("config lock is never poisoned")
+            .clone()
+    }
+
+    /// Replaces the configuration in effect (by [`crate::reload::apply`]).
+    pub(crate) fn set_effective_config(&self, config: Arc<Config>) {
+        *self
+            .effective
+            .write()
+            .expect("config lock is never poisoned") = config;
     }
 
     /// Runs `write` on the blocking pool: store commits fsync, and an async

@@ -18,6 +18,9 @@ pub enum Error {
     /// The hosts directory cannot be used.
     #[error(transparent)]
     Hosts(#[from] HostsError),
+    /// The node's registry auth file cannot be used.
+    #[error(transparent)]
+    AuthFile(#[from] crate::registry::AuthFileError),
     /// Talking to a registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -142,7 +145,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Reference(_) => ErrorKind::InvalidArgument,
-            Error::Hosts(_) => ErrorKind::FailedPrecondition,
+            Error::Hosts(_) | Error::AuthFile(_) => ErrorKind::FailedPrecondition,
             Error::Registry(e) => e.kind(),
             Error::Manifest(ManifestError::NoMatchingPlatform { .. }) => ErrorKind::NotFound,
             Error::Manifest(_) => ErrorKind::InvalidArgument,

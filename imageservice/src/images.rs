@@ -34,7 +34,7 @@ use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 
@@ -53,6 +53,9 @@ pub struct ImagesConfig {
     pub root: PathBuf,
     /// containerd's hosts directory (`registry.config_path`).
     pub hosts_dir: Option<PathBuf>,
+    /// Node-level credentials for pulls that bring none
+    /// (`registry.auth_file`, Docker `config.json` format).
+    pub auth_file: Option<PathBuf>,
     /// Layers downloaded at once per pull.
     pub max_concurrent_downloads: usize,
     /// A download that receives nothing for this long fails.
@@ -64,6 +67,29 @@ pub struct ImagesConfig {
     pub keep_layer_blobs: bool,
 }
 
+/// Logs every malformed `hosts.toml` under `hosts_dir`: pulls from that
+/// registry fail until it is fixed.
+async fn report_malformed_hosts(hosts_dir: Option<PathBuf>) -> Result<()> {
+    let hosts = crate::hosts::Hosts::new(hosts_dir);
+    for error in blocking(move || Ok(hosts.check_all())).await? {
+        tracing::error!(error = %error, "malformed registry hosts file: pulls from that registry fail until it is fixed");
+    }
+    Ok(())
+}
+
+/// Image names as records hold them (`docker.io/library/x:latest`); a
+/// name that does not parse is kept as written.
+fn canonical_names(names: &[String]) -> HashSet<String> {
+    names
+        .iter()
+        .map(|name| {
+            name.parse::<Reference>()
+                .map(|r| canonical_name(&r))
+                .unwrap_or_else(|_| name.clone())
+        })
+        .collect()
+}
+
 /// The outcome of a layer flight, shared with waiting pulls.
 type FlightOutcome = Option<std::result::Result<(), String>>;
 
@@ -73,10 +99,15 @@ pub struct Images {
     content: Store,
     snapshotter: Arc<Snapshotter>,
     records: Arc<ImageStore>,
-    client: Client,
+    /// Replaced whole by [`Images::reload`]; a pull keeps the client it
+    /// started with.
+    client: RwLock<Client>,
+    /// The registry settings `client` was made with, for [`Images::reload`].
+    client_config: ClientConfig,
     downloads: Arc<Semaphore>,
     flights: Arc<Mutex<HashMap<String, watch::Receiver<FlightOutcome>>>>,
-    pinned: HashSet<String>,
+    /// Canonical names; replaced by [`Images::reload`].
+    pinned: RwLock<HashSet<String>>,
     keep_layer_blobs: bool,
     /// Chain IDs that pulls in progress stand on: garbage collection keeps
     /// them although no image record names them yet.
@@ -99,32 +130,22 @@ impl Images {
             Ok((snapshotter, records))
         })
         .await?;
-        let hosts = crate::hosts::Hosts::new(config.hosts_dir.clone());
-        for error in blocking(move || Ok(hosts.check_all())).await? {
-            tracing::error!(error = %error, "malformed registry hosts file: pulls from that registry fail until it is fixed");
-        }
-        let client = Client::new(ClientConfig {
+        report_malformed_hosts(config.hosts_dir.clone()).await?;
+        let client_config = ClientConfig {
             hosts_dir: config.hosts_dir.clone(),
+            auth_file: config.auth_file.clone(),
             stall_timeout: config.stall_timeout,
             ..ClientConfig::default()
-        });
-        let pinned = config
-            .pinned
-            .iter()
-            .map(|name| {
-                name.parse::<Reference>()
-                    .map(|r| canonical_name(&r))
-                    .unwrap_or_else(|_| name.clone())
-            })
-            .collect();
+        };
         let images = Images {
             content,
             snapshotter: Arc::new(snapshotter),
             records: Arc::new(records),
-            client,
+            client: RwLock::new(Client::new(client_config.clone())),
+            client_config,
             downloads: Arc::new(Semaphore::new(config.max_concurrent_downloads.max(1))),
             flights: Arc::new(Mutex::new(HashMap::new())),
-            pinned,
+            pinned: RwLock::new(canonical_names(&config.pinned)),
             keep_layer_blobs: config.keep_layer_blobs,
             leased: Arc::new(Mutex::new(HashMap::new())),
         };
@@ -170,6 +191,28 @@ impl Images {
                 tracing::info!(blob = %digest, "removed a blob left by an interrupted pull");
             }
         }
+        Ok(())
+    }
+
+    /// Applies a new hosts directory (`registry.config_path`), node auth
+    /// file (`registry.auth_file`) and list of pinned images, as on SIGHUP. Pulls already under way finish
+    /// with the registry settings they started with; later pulls and
+    /// listings see the new ones. A malformed hosts file is logged, as at
+    /// start-up.
+    pub async fn reload(
+        &self,
+        hosts_dir: Option<PathBuf>,
+        auth_file: Option<PathBuf>,
+        pinned: &[String],
+    ) -> Result<()> {
+        report_malformed_hosts(hosts_dir.clone()).await?;
+        let client = Client::new(ClientConfig {
+            hosts_dir,
+            auth_file,
+            ..self.client_config.clone()
+        });
+        *self.client.write().expect("client lock is never poisoned") = client;
+        *self.pinned.write().expect("pinned lock is never poisoned") = canonical_names(pinned);
         Ok(())
     }
 
@@ -248,7 +291,12 @@ impl Images {
             received: Some(received),
             ..PullOptions::default()
         };
-        let session = self.client.session(&reference, options).await?;
+        let client = self
+            .client
+            .read()
+            .expect("client lock is never poisoned")
+            .clone();
+        let session = client.session(&reference, options).await?;
         let top = session.resolve().await?;
         let mut blobs = vec![top.digest.to_string()];
         let mut descriptor = top.clone();
@@ -568,7 +616,8 @@ impl Images {
 
     /// Whether the config names the image as pinned.
     pub fn is_pinned(&self, record: &ImageRecord) -> bool {
-        record.names().any(|name| self.pinned.contains(name))
+        let pinned = self.pinned.read().expect("pinned lock is never poisoned");
+        record.names().any(|name| pinned.contains(name))
     }
 
     /// The parsed config of an image.

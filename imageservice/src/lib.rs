@@ -49,7 +49,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use image_config::{ContainerConfig, History, ImageConfig, RootFs};
 pub use image_store::ImageRecord;
 pub use images::{Images, ImagesConfig};
-pub use registry::AuthConfig;
+pub use registry::{AuthConfig, AuthFileError};
 
 /// The parts below [`Images`], for this crate's integration tests and fuzz
 /// targets; not an API for other crates.

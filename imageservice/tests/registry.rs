@@ -179,6 +179,66 @@ fn assert_no_secret(error: &(dyn std::error::Error + 'static), secrets: &[&str])
     }
 }
 
+/// A pull without credentials uses the node's auth file; credentials a
+/// pull brings win over it.
+#[tokio::test]
+async fn node_auth_file_is_used_when_a_pull_brings_no_credentials() {
+    let image = TestImage::new();
+    let registry = FakeRegistry::start(move |req| {
+        if req.header("authorization") != Some(&format!("Basic {}", basic("node", "n0de"))) {
+            return reply(401, &[("www-authenticate", r#"Basic realm="fake""#)], "");
+        }
+        if req.path == "/v2/" {
+            return reply(200, &[("content-type", "application/json")], "{}");
+        }
+        image.route("/v2", req).unwrap_or_else(not_found)
+    })
+    .await;
+    let hosts = HostsDir::new();
+    hosts.write("fake.test", &format!("server = \"{}\"\n", registry.url()));
+    let auth_dir = tempfile::tempdir().expect("tempdir");
+    let auth_file = auth_dir.path().join("auth.json");
+    std::fs::write(
+        &auth_file,
+        format!(
+            r#"{{"auths": {{"https://fake.test/v1/": {{"auth": "{}"}}}}}}"#,
+            basic("node", "n0de")
+        ),
+    )
+    .expect("write the auth file");
+    let with_file = client_with(&hosts, |c| c.auth_file = Some(auth_file.clone()));
+    let resolved = session(&with_file, "fake.test/team/app:1", None)
+        .await
+        .resolve()
+        .await
+        .expect("the node's credentials are accepted");
+    assert_eq!(resolved.digest, TestImage::new().manifest_digest);
+    let wrong = AuthConfig {
+        username: "node".into(),
+        password: "wrong".into(),
+        ..AuthConfig::default()
+    };
+    let err = session(&with_file, "fake.test/team/app:1", Some(wrong))
+        .await
+        .resolve()
+        .await
+        .expect_err("the pull's own credentials win");
+    assert_eq!(
+        berth_imageservice::Error::from(err).kind(),
+        ErrorKind::Unauthenticated
+    );
+    let without = client(&hosts);
+    let err = session(&without, "fake.test/team/app:1", None)
+        .await
+        .resolve()
+        .await
+        .expect_err("no auth file: anonymous");
+    assert_eq!(
+        berth_imageservice::Error::from(err).kind(),
+        ErrorKind::Unauthenticated
+    );
+}
+
 #[tokio::test]
 async fn basic_auth() {
     let image = TestImage::new();
@@ -1173,6 +1233,7 @@ async fn images_in_use_are_not_removed() {
     let images = berth_imageservice::Images::open(berth_imageservice::ImagesConfig {
         root: root.path().to_owned(),
         hosts_dir: Some(hosts.path()),
+        auth_file: None,
         max_concurrent_downloads: 3,
         stall_timeout: Duration::from_secs(10),
         pinned: Vec::new(),
@@ -1230,6 +1291,7 @@ async fn pulls_count_the_bytes_they_received() {
         stall_timeout: Duration::from_secs(10),
         pinned: Vec::new(),
         keep_layer_blobs: false,
+        auth_file: None,
     })
     .await
     .expect("open the image service");

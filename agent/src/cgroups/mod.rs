@@ -5,6 +5,7 @@
 //! to directories; a [`Cgroup`] is one cgroup's directories under a layout;
 //! `stats.rs` reads its counters ([`CgroupStats`]) on v1 and v2, `oom.rs`
 //! its OOM kills; `remove.rs` kills and removes what a runtime left;
+//! `shims.rs` keeps shims out of berthd's own cgroup;
 //! `files.rs` parses the kernel's file formats.
 //!
 //! berth supports the three layouts found on nodes: legacy v1 (one mount per
@@ -22,12 +23,14 @@ mod files;
 mod oom;
 mod path;
 mod remove;
+mod shims;
 mod stats;
 
 pub use files::IoDeviceStats;
 pub use oom::oom_killed;
 pub use path::{cgroup_dir, container_cgroups_path, pod_cgroup_dir, CgroupPathError};
 pub use remove::kill_and_remove;
+pub use shims::{ShimCgroup, SHIMS_CGROUP};
 pub use stats::{CgroupStats, CpuStats, CpuThrottling, MemoryStats, PidsStats, SwapStats};
 
 use crate::config::CgroupDriverSetting;

@@ -23,7 +23,12 @@ pub const LOG_FILE: &str = "init.log";
 
 /// Starts the init and pins its PID namespace at `pidns`; returns its pid.
 /// On error nothing is left running.
-pub async fn start(dir: &Path, pidns: &Path) -> Result<u32, SandboxError> {
+/// It runs in `cgroup`, as the shims do, so it outlives berthd's cgroup.
+pub async fn start(
+    dir: &Path,
+    pidns: &Path,
+    cgroup: &crate::cgroups::ShimCgroup,
+) -> Result<u32, SandboxError> {
     let binary =
         crate::binaries::find(crate::binaries::INIT).ok_or_else(|| SandboxError::Init {
             binary: PathBuf::from(crate::binaries::INIT),
@@ -51,7 +56,9 @@ pub async fn start(dir: &Path, pidns: &Path) -> Result<u32, SandboxError> {
         &log_path,
     )
     .map_err(io_failed(format!("cannot create {}", log_path.display())))?;
-    let output = tokio::process::Command::new(&binary)
+    let mut command = tokio::process::Command::new(&binary);
+    cgroup.apply(&mut command);
+    let output = command
         .arg("start")
         .arg(dir.join(PID_FILE))
         .stdin(std::process::Stdio::null())
@@ -143,7 +150,9 @@ mod tests {
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let pidns = dir.path().join("pidns");
-        let pid = start(dir.path(), &pidns).await.expect("start");
+        let pid = start(dir.path(), &pidns, &crate::cgroups::ShimCgroup::default())
+            .await
+            .expect("start");
         assert!(is_berth_init(pid));
         assert!(netns::is_pinned(&pidns));
         let file: u32 = std::fs::read_to_string(dir.path().join(PID_FILE))

@@ -44,7 +44,8 @@ pub async fn run(state: &Arc<Runtime>, request: cri::RunPodSandboxRequest) -> Re
     let network = if host_network {
         None
     } else {
-        let cni = &state.config.cni;
+        let config = state.effective_config();
+        let cni = &config.cni;
         Some(
             cni_config::load_network(&cni.conf_dir, &cni.bin_dirs)
                 .map_err(SandboxError::NetworkNotReady)?,
@@ -250,7 +251,7 @@ async fn make(
         return Err(SandboxError::Abandoned.into());
     }
     if let Some(pidns) = record.namespaces.pid.clone() {
-        record.init_pid = Some(pid_init::start(&record.dir, &pidns).await?);
+        record.init_pid = Some(pid_init::start(&record.dir, &pidns, &state.shim_cgroup).await?);
         failpoint::hit("sandbox-run:after-pid-init");
     }
     if abandoned(client_gone) {

@@ -2,7 +2,8 @@
 //! runtime says about itself, and the one setting kubelet gives it.
 
 use crate::cgroups::CgroupDriver;
-use crate::network::{cni_config, pod_cidr};
+use crate::doctor;
+use crate::network::pod_cidr;
 use crate::runtime::Runtime;
 use berth_proto::cri::v1 as cri;
 use std::collections::HashMap;
@@ -24,32 +25,30 @@ pub(super) fn version() -> cri::VersionResponse {
 }
 
 pub(super) fn status(state: &Runtime, verbose: bool) -> cri::StatusResponse {
-    let runtime_ready = cri::RuntimeCondition {
-        r#type: "RuntimeReady".to_owned(),
-        status: true,
-        reason: String::new(),
-        message: String::new(),
-    };
-    let network_ready =
-        match cni_config::load_network(&state.config.cni.conf_dir, &state.config.cni.bin_dirs) {
-            Ok(_) => cri::RuntimeCondition {
-                r#type: "NetworkReady".to_owned(),
+    let config = state.effective_config();
+    let findings = doctor::quick(&doctor::Host::real(), &config);
+    let condition =
+        |kind: &str, affects: doctor::Affects| match doctor::condition(&findings, affects) {
+            None => cri::RuntimeCondition {
+                r#type: kind.to_owned(),
                 status: true,
                 reason: String::new(),
                 message: String::new(),
             },
-            Err(e) => cri::RuntimeCondition {
-                r#type: "NetworkReady".to_owned(),
+            Some(problem) => cri::RuntimeCondition {
+                r#type: kind.to_owned(),
                 status: false,
-                reason: "NetworkPluginNotReady".to_owned(),
-                message: format!("network plugin is not ready: {e}"),
+                reason: problem.reason.to_owned(),
+                message: format!("{} (fix: {})", problem.message, problem.fix),
             },
         };
+    let runtime_ready = condition("RuntimeReady", doctor::Affects::Runtime);
+    let network_ready = condition("NetworkReady", doctor::Affects::Network);
     let mut info = HashMap::new();
     if verbose {
         info.insert(
             "config".to_owned(),
-            serde_json::to_string(&state.config).expect("the config is plain data"),
+            serde_json::to_string(&*config).expect("the config is plain data"),
         );
         info.insert(
             "cgroupLayout".to_owned(),

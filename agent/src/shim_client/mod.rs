@@ -151,6 +151,8 @@ pub struct ShimSettings {
     /// How long berth's shim lets one OCI runtime command run
     /// (`runtime.command_timeout_seconds`).
     pub runtime_timeout: Duration,
+    /// Where launched shims run: outside berthd's own cgroup.
+    pub cgroup: crate::cgroups::ShimCgroup,
 }
 
 /// The shim binary serving a container: berth's own, or the external shim
@@ -273,15 +275,14 @@ pub async fn launch(
     if shim.external {
         forward_shim_log(id, bundle);
     }
-    let output = shim_command(shim, settings, id, bundle, "start")
-        .output()
-        .await
-        .map_err(|source| ShimError::Run {
-            id: id.to_owned(),
-            binary: binary.clone(),
-            action: "start",
-            source,
-        })?;
+    let mut command = shim_command(shim, settings, id, bundle, "start");
+    settings.cgroup.apply(&mut command);
+    let output = command.output().await.map_err(|source| ShimError::Run {
+        id: id.to_owned(),
+        binary: binary.clone(),
+        action: "start",
+        source,
+    })?;
     if !output.status.success() {
         return Err(ShimError::Launch {
             id: id.to_owned(),

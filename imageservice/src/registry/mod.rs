@@ -25,6 +25,7 @@
 //! (presigned redirect URLs hold signatures).
 
 mod auth;
+mod auth_file;
 mod body;
 
 use std::collections::HashMap;
@@ -41,6 +42,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::AuthConfig;
+pub use auth_file::AuthFileError;
 pub(crate) use body::Blob;
 
 use crate::content::{Info, Ingest, Store};
@@ -56,6 +58,9 @@ use body::{Guard, Wait};
 pub struct ClientConfig {
     /// containerd-style hosts directory (`config_path`); `None`: defaults.
     pub hosts_dir: Option<PathBuf>,
+    /// Node-level credentials (Docker `config.json` format), used when a
+    /// pull brings none; `None`: anonymous.
+    pub auth_file: Option<PathBuf>,
     /// `User-Agent` of every request.
     pub user_agent: String,
     /// TCP+TLS connect timeout, unless an endpoint sets `dial_timeout`.
@@ -73,6 +78,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             hosts_dir: None,
+            auth_file: None,
             user_agent: format!("berth/{}", env!("CARGO_PKG_VERSION")),
             connect_timeout: Duration::from_secs(30),
             response_timeout: Duration::from_secs(60),
@@ -415,14 +421,20 @@ impl Client {
         reference: &Reference,
         options: PullOptions,
     ) -> Result<Session, crate::Error> {
-        let auth = options.auth.unwrap_or_default();
-        let credentials = auth.credentials()?;
         let client = self.clone();
         let registry = reference.registry().to_owned();
-        let remotes =
-            tokio::task::spawn_blocking(move || client.remotes(&registry, &auth, credentials))
-                .await
-                .expect("endpoint setup task panicked")?;
+        let given = options.auth;
+        let remotes = tokio::task::spawn_blocking(move || {
+            let auth = match (given, &client.inner.config.auth_file) {
+                (Some(auth), _) => auth,
+                (None, Some(file)) => auth_file::lookup(file, &registry)?.unwrap_or_default(),
+                (None, None) => AuthConfig::default(),
+            };
+            let credentials = auth.credentials()?;
+            client.remotes(&registry, &auth, credentials)
+        })
+        .await
+        .expect("endpoint setup task panicked")?;
         Ok(Session {
             inner: Arc::new(SessionInner {
                 client: self.clone(),
