@@ -77,11 +77,3 @@ pub fn names_in(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
-
-/// Writes `value` as `name` in the daemon's directory and returns the path,
-/// for crictl's JSON arguments.
-pub fn write_json(berthd: &Berthd, name: &str, value: serde_json::Value) -> Result<String, String> {
-    let path = berthd.dir().join(name);
-    std::fs::write(&path, value.to_string()).map_err(|e| e.to_string())?;
-    Ok(path.to_string_lossy().into_owned())
-}

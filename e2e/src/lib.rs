@@ -514,6 +514,32 @@ fn signal(child: &Child, signal: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(pid, signal);
 }
 
+/// Writes `value` as `name` in the daemon's directory and returns the path,
+/// for crictl's JSON arguments.
+pub fn write_json(berthd: &Berthd, name: &str, value: serde_json::Value) -> Result<String, String> {
+    let path = berthd.dir().join(name);
+    std::fs::write(&path, value.to_string()).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+/// The state crictl shows for container `id` (`CONTAINER_RUNNING`, ...).
+pub fn container_state(berthd: &Berthd, id: &str) -> Result<String, String> {
+    crictl_state(berthd, "inspect", id)
+}
+
+/// The state crictl shows for pod `id` (`SANDBOX_READY`, `SANDBOX_NOTREADY`).
+pub fn pod_state(berthd: &Berthd, id: &str) -> Result<String, String> {
+    crictl_state(berthd, "inspectp", id)
+}
+
+fn crictl_state(berthd: &Berthd, inspect: &str, id: &str) -> Result<String, String> {
+    let template = ["-o", "go-template", "--template", "{{.status.state}}"];
+    let mut args = vec![inspect];
+    args.extend(template);
+    args.push(id);
+    Ok(berthd.crictl_ok(&args)?.trim().to_owned())
+}
+
 /// A bare HTTP/1.0 GET on loopback, returning the body of a 200 answer.
 pub fn http_get(address: &str, path: &str) -> Result<String, String> {
     let mut stream = TcpStream::connect(address).map_err(|e| format!("connect {address}: {e}"))?;

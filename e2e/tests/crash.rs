@@ -9,8 +9,8 @@
 //! The same for RunPodSandbox (`sandbox-run:<step>`): no pod, namespace
 //! mount, pod init, veth or IP is left, and the name is free.
 
-use berth_e2e::failpoints::{self, died_at, names_in, write_json};
-use berth_e2e::{ensure, Berthd, BerthdOptions, Registry, Suite, TestResult};
+use berth_e2e::failpoints::{self, died_at, names_in};
+use berth_e2e::{ensure, write_json, Berthd, BerthdOptions, Registry, Suite, TestResult};
 use std::path::Path;
 use std::time::Duration;
 

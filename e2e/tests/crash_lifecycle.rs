@@ -13,8 +13,11 @@
 //! One berthd serves each group (pulls, containers, pods): each test
 //! restarts it with its failpoint armed, and again without after the crash.
 
-use berth_e2e::failpoints::{self, died_at, names_in, write_json};
-use berth_e2e::{ensure, wait_until, Berthd, BerthdOptions, Registry, Suite, TestResult};
+use berth_e2e::failpoints::{self, died_at, names_in};
+use berth_e2e::{
+    container_state, ensure, pod_state, wait_until, write_json, Berthd, BerthdOptions, Registry,
+    Suite, TestResult,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -348,20 +351,6 @@ fn container_in(berthd: &Berthd, pod: &Pod, name: &str, start: bool) -> Result<S
     Ok(id)
 }
 
-fn container_state(berthd: &Berthd, id: &str) -> Result<String, String> {
-    Ok(berthd
-        .crictl_ok(&[
-            "inspect",
-            "-o",
-            "go-template",
-            "--template",
-            "{{.status.state}}",
-            id,
-        ])?
-        .trim()
-        .to_owned())
-}
-
 /// Waits for container `id` to reach `state` (an exit that happened
 /// while berthd was down is collected just after start-up).
 fn reaches(berthd: &Berthd, id: &str, state: &str) -> TestResult {
@@ -439,20 +428,6 @@ fn container_crash(
 }
 
 // ---- pods ----
-
-fn pod_state(berthd: &Berthd, id: &str) -> Result<String, String> {
-    Ok(berthd
-        .crictl_ok(&[
-            "inspectp",
-            "-o",
-            "go-template",
-            "--template",
-            "{{.status.state}}",
-            id,
-        ])?
-        .trim()
-        .to_owned())
-}
 
 /// What a stopped pod must no longer hold: namespace mounts under its
 /// dir, its init, its veth and IP.

@@ -16,9 +16,12 @@
 //! the interrupted request works when repeated. One berthd serves the
 //! whole suite.
 
-use berth_e2e::failpoints::{names_in, write_json};
+use berth_e2e::failpoints::names_in;
 use berth_e2e::leaks::{nothing_left_of, processes_in_cgroup_of};
-use berth_e2e::{ensure, wait_until, Berthd, BerthdOptions, Registry, Suite, TestResult};
+use berth_e2e::{
+    container_state, ensure, wait_until, write_json, Berthd, BerthdOptions, Registry, Suite,
+    TestResult,
+};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -338,20 +341,6 @@ fn container_config(berthd: &Berthd, name: &str) -> Result<String, String> {
             "linux": {}
         }),
     )
-}
-
-fn container_state(berthd: &Berthd, id: &str) -> Result<String, String> {
-    Ok(berthd
-        .crictl_ok(&[
-            "inspect",
-            "-o",
-            "go-template",
-            "--template",
-            "{{.status.state}}",
-            id,
-        ])?
-        .trim()
-        .to_owned())
 }
 
 /// Fails unless container `id`'s record and the host agree: RUNNING with

@@ -6,7 +6,7 @@
 //! test runs on loopback. berthd must be built with `--features
 //! berth-agent/otlp` (as `hack/test.sh` builds it).
 
-use berth_e2e::{ensure, Berthd, BerthdOptions, Registry, Suite, TestResult};
+use berth_e2e::{ensure, write_json, Berthd, BerthdOptions, Registry, Suite, TestResult};
 
 /// The image of the container, served by the loopback registry.
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
@@ -91,12 +91,6 @@ fn phases_grew(before: &Scrape, after: &Scrape, grown: &[&str]) -> TestResult {
         })?;
     }
     Ok(())
-}
-
-fn write_json(berthd: &Berthd, name: &str, value: serde_json::Value) -> Result<String, String> {
-    let path = berthd.dir().join(name);
-    std::fs::write(&path, value.to_string()).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(path.to_string_lossy().into_owned())
 }
 
 fn pod_moves_the_metrics(berthd: &mut Berthd) -> TestResult {

@@ -5,8 +5,8 @@
 //! `hack/install-node.sh` into a staging root and sd_notify.
 
 use berth_e2e::{
-    berthd_binary, ensure, repo_root, wait_until, Berthd, BerthdOptions, Registry, Suite,
-    TestResult,
+    berthd_binary, ensure, repo_root, wait_until, write_json, Berthd, BerthdOptions, Registry,
+    Suite, TestResult,
 };
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -307,12 +307,6 @@ fn running_pid(berthd: &Berthd, id: &str) -> Result<u64, String> {
         .as_u64()
         .filter(|pid| *pid > 0)
         .ok_or_else(|| format!("no pid: {status}"))
-}
-
-fn write_json(berthd: &Berthd, name: &str, value: serde_json::Value) -> Result<String, String> {
-    let path = berthd.dir().join(name);
-    std::fs::write(&path, value.to_string()).map_err(|e| e.to_string())?;
-    Ok(path.to_string_lossy().into_owned())
 }
 
 /// `berthd config dump` with a file, two drop-ins and a flag: a complete
